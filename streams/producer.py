@@ -1,0 +1,111 @@
+"""A thin event producer over confluent-kafka: encodes with the serde, applies back-pressure
+instead of growing memory without bound, and surfaces delivery failures."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from confluent_kafka import KafkaException, Producer
+
+from streams.serde import Serde
+
+log = logging.getLogger(__name__)
+
+
+class DeliveryError(RuntimeError):
+    """Some events were not delivered; raised by flush()/close()."""
+
+    def __init__(self, failures: list[str], count: int):
+        super().__init__(f"{count} event(s) failed delivery; first: {failures[:3]}")
+        self.failures = failures
+        self.count = count
+
+
+class BackPressureTimeout(RuntimeError):
+    pass
+
+
+class EventProducer:
+    """Produce ctloop events. Non-blocking until the local buffer is full; then the call waits for
+    deliveries (back-pressure) up to ``block_timeout_s`` and raises BackPressureTimeout."""
+
+    def __init__(self, settings, serde: Serde | None = None, **config):
+        self.settings = settings
+        self.serde = serde or Serde.from_settings(settings)
+        self._producer = Producer(settings.producer_config(**config))
+        self.block_timeout_s = settings.producer_block_timeout_s
+        self.delivered = 0
+        self.failed = 0
+        self._failures: list[str] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        self._since_poll = 0
+
+    def _on_delivery(self, err, msg) -> None:
+        if err is None:
+            self.delivered += 1
+            return
+        with self._lock:
+            self.failed += 1
+            if len(self._failures) < 100:
+                self._failures.append(f"{msg.topic()}: {err.str() if hasattr(err, 'str') else err}")
+
+    def produce(self, topic: str, event_type: str, record: dict, key: str | bytes | None = None, headers=None) -> None:
+        value = self.serde.encode(event_type, record, topic)
+        self.produce_raw(topic, value, key, headers)
+
+    def produce_raw(self, topic: str, value: bytes, key: str | bytes | None = None, headers=None) -> None:
+        if self._closed:
+            raise RuntimeError("producer is closed")
+        try:
+            self._producer.produce(topic, value, key, on_delivery=self._on_delivery, headers=headers)
+        except BufferError:
+            self._wait_for_room(topic, value, key, headers)
+        self._since_poll += 1
+        if self._since_poll >= 1000:
+            self._since_poll = 0
+            self._producer.poll(0)
+
+    def _wait_for_room(self, topic, value, key, headers) -> None:
+        deadline = time.monotonic() + self.block_timeout_s
+        while True:
+            self._producer.poll(0.05)  # serves delivery callbacks, frees buffer space
+            try:
+                self._producer.produce(topic, value, key, on_delivery=self._on_delivery, headers=headers)
+                return
+            except BufferError:
+                if time.monotonic() > deadline:
+                    raise BackPressureTimeout(
+                        f"producer buffer still full after {self.block_timeout_s}s: is the broker reachable?") from None
+
+    def poll(self, timeout: float = 0) -> int:
+        return self._producer.poll(timeout)
+
+    def flush(self, timeout_s: float = 30.0) -> None:
+        """Wait for every buffered event; raise DeliveryError if any failed since the last flush."""
+        remaining = self._producer.flush(timeout_s)
+        if remaining:
+            raise DeliveryError([f"{remaining} event(s) still undelivered after {timeout_s}s"], remaining)
+        with self._lock:
+            failures, count = self._failures, self.failed
+            self._failures, self.failed = [], 0
+        if count:
+            raise DeliveryError(failures, count)
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        if self._closed:
+            return
+        try:
+            self.flush(timeout_s)
+        finally:
+            self._closed = True
+
+    def __len__(self) -> int:
+        return len(self._producer)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -1,0 +1,166 @@
+"""The app SDK: what an app imports to log predictions and feedback.
+
+>>> from streams.sdk import CtloopClient                            # doctest: +SKIP
+>>> with CtloopClient(settings) as client:
+...     pid = client.log_prediction("fraud", {"amount": 12.5}, label="ok", model_version="3")
+...     client.log_feedback(pid, "fraud", label="fraud")
+
+Calls do not block: events are encoded and handed to a batching producer. When its buffer is full, a
+call waits for deliveries (back-pressure) instead of growing memory. Delivery failures are counted and
+raised at ``flush()``/``close()``. Invalid input is refused at the call with an error naming the field.
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+from streams import catalog as ev
+from streams.ids import UuidSource
+from streams.producer import EventProducer
+from streams.serde import Serde
+from streams.topics import Topics
+from streams.validation import (FEEDBACK_KINDS, FEEDBACK_TYPES, ROLES, VERDICTS, InvalidEvent, check_features,
+                                check_probabilities, check_str)
+
+
+class CtloopClient:
+    def __init__(self, settings, *, producer: EventProducer | None = None, serde: Serde | None = None):
+        self.settings = settings
+        self.topics = Topics.from_settings(settings)
+        self.serde = serde or (producer.serde if producer else Serde.from_settings(settings))
+        self._owns_producer = producer is None
+        self.producer = producer or EventProducer(settings, self.serde)
+        self._uuid = UuidSource()
+        self._lock = threading.Lock()
+        self._predictions_topic = self.topics.predictions
+        self._shadow_topic = self.topics.shadow_predictions
+        self._feedback_topic = self.topics.feedback
+        self._encode_prediction = self.serde._encoder(ev.PREDICTION_LOGGED)[1]
+        self._encode_feedback = self.serde._encoder(ev.FEEDBACK_RECEIVED)[1]
+        self._prediction_header = self.serde.single_object_header(ev.PREDICTION_LOGGED) if self.serde.registry is None else None
+        self._feedback_header = self.serde.single_object_header(ev.FEEDBACK_RECEIVED) if self.serde.registry is None else None
+        self._settings_client = None
+
+    # -- predictions ----------------------------------------------------------------------------
+    def log_prediction(self, deployment: str, features: dict, *, label: str | None = None, score: float | None = None,
+                       probabilities: dict | None = None, model_version: str, model_name: str = "",
+                       role: str = "primary", prediction_id: str | None = None, latency_ms: float = 0.0,
+                       event_time: int | None = None) -> str:
+        """Log one prediction; returns its prediction id (give it to log_feedback)."""
+        if deployment.__class__ is not str or not deployment:
+            check_str("deployment", deployment)
+        if model_version.__class__ is not str or not model_version:
+            check_str("model_version", model_version)
+        if role not in ROLES:
+            raise InvalidEvent("role", f"must be one of {ROLES}, got {role!r}")
+        check_features(features)
+        if label is None and score is None:
+            raise InvalidEvent("label", "a prediction needs a label or a score")
+        if label is not None and label.__class__ is not str:
+            check_str("label", label)
+        if score is not None:
+            if score.__class__ is not float or score != score or score in (float("inf"), float("-inf")):
+                if not isinstance(score, (int, float)) or isinstance(score, bool) or score != score or abs(score) == float("inf"):
+                    raise InvalidEvent("score", f"must be a finite number, got {score!r}")
+                score = float(score)
+        if probabilities:
+            check_probabilities(probabilities)
+        if latency_ms.__class__ is not float:
+            if not isinstance(latency_ms, (int, float)) or isinstance(latency_ms, bool):
+                raise InvalidEvent("latency_ms", f"must be a number, got {latency_ms!r}")
+        with self._lock:
+            if prediction_id is None:
+                prediction_id = self._uuid()
+            event_id = self._uuid()
+        record = {
+            "event_id": event_id, "event_time": event_time or time.time_ns() // 1_000_000,
+            "prediction_id": prediction_id, "deployment": deployment, "model_name": model_name,
+            "model_version": model_version, "role": role, "features": features, "label": label, "score": score,
+            "probabilities": probabilities or {}, "latency_ms": latency_ms,
+        }
+        topic = self._shadow_topic if role == "shadow" else self._predictions_topic
+        if self._prediction_header is not None:
+            try:
+                value = self._prediction_header + self._encode_prediction(record)
+            except (TypeError, ValueError, KeyError, AttributeError) as exc:
+                raise InvalidEvent("record", f"cannot encode prediction: {exc}") from None
+        else:
+            value = self.serde.encode(ev.PREDICTION_LOGGED, record, topic)
+        self.producer.produce_raw(topic, value, prediction_id)
+        return prediction_id
+
+    # -- feedback -------------------------------------------------------------------------------
+    def log_feedback(self, prediction_id: str, deployment: str, *, label: str | None = None,
+                     feedback_type: str = "label", kind: str = "explicit", verdict: str | None = None,
+                     reviewer: str | None = None, event_time: int | None = None) -> str:
+        """Log feedback about a prediction; returns the feedback event id.
+
+        feedback_type: label (the true label), correction (replaces an earlier label) or review
+        (a verdict, correct/incorrect, on the predicted label, optionally with the right label)."""
+        check_str("prediction_id", prediction_id)
+        check_str("deployment", deployment)
+        if feedback_type not in FEEDBACK_TYPES:
+            raise InvalidEvent("feedback_type", f"must be one of {FEEDBACK_TYPES}, got {feedback_type!r}")
+        if kind not in FEEDBACK_KINDS:
+            raise InvalidEvent("kind", f"must be one of {FEEDBACK_KINDS}, got {kind!r}")
+        if feedback_type == "review":
+            if verdict not in VERDICTS:
+                raise InvalidEvent("verdict", f"review feedback needs a verdict in {VERDICTS}, got {verdict!r}")
+            if label is not None:
+                check_str("label", label)
+        else:
+            check_str("label", label)
+            if verdict is not None:
+                raise InvalidEvent("verdict", "only review feedback has a verdict")
+        if reviewer is not None:
+            check_str("reviewer", reviewer)
+        with self._lock:
+            event_id = self._uuid()
+        record = {
+            "event_id": event_id, "event_time": event_time or time.time_ns() // 1_000_000,
+            "prediction_id": prediction_id, "deployment": deployment, "feedback_type": feedback_type, "kind": kind,
+            "label": label, "verdict": verdict, "reviewer": reviewer,
+        }
+        if self._feedback_header is not None:
+            value = self._feedback_header + self._encode_feedback(record)
+        else:
+            value = self.serde.encode(ev.FEEDBACK_RECEIVED, record, self._feedback_topic)
+        self.producer.produce_raw(self._feedback_topic, value, prediction_id)
+        return event_id
+
+    # -- deployment settings (events on the compacted deployments topic) -------------------------
+    @property
+    def deployments(self):
+        """A :class:`streams.deployments.DeploymentSettingsClient` sharing this client's producer."""
+        if self._settings_client is None:
+            from streams.deployments import DeploymentSettingsClient
+
+            self._settings_client = DeploymentSettingsClient(self.settings, producer=self.producer)
+        return self._settings_client
+
+    def __getattr__(self, name: str):
+        # setup_feedback_loop, attach_dataset_version, toggle_feedback_loop, setup_continuous_training,
+        # toggle_continuous_training, set_shadow_model, setup_continuous_deployment,
+        # toggle_continuous_deployment: delegated to the deployment settings client.
+        from streams.deployments import SETTINGS_OPERATIONS
+
+        if name in SETTINGS_OPERATIONS:
+            return getattr(self.deployments, name)
+        raise AttributeError(name)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def flush(self, timeout_s: float = 30.0) -> None:
+        """Wait until every logged event is delivered; raise DeliveryError if any failed."""
+        self.producer.flush(timeout_s)
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        if self._owns_producer:
+            self.producer.close(timeout_s)
+        else:
+            self.producer.flush(timeout_s)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
