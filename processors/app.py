@@ -1,0 +1,75 @@
+"""The stream-processor application (faust-streaming): the composition root of processors/.
+
+``build_app(settings)`` makes the faust App tuned for quick group joins, a :class:`ProcessorContext`
+holding what every stage needs, and calls ``register(app, ctx)`` of each stage module in STAGES.
+Each stage module declares its agents and tables next to each other and keeps its logic in plain
+classes that unit tests reach without Kafka.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+
+import faust
+
+from infra.metrics import Metrics
+from infra.settings import Settings
+from streams.producer import EventProducer
+from streams.serde import Serde
+from streams.topics import Topics
+
+# Order matters only for readability: each stage reads and writes topics, never another stage's state.
+STAGES = (
+    "processors.feedback_join",     # predictions + feedback -> labeled examples (+ dead letters)
+    "processors.feedback_counters", # feedback-loop counters -> feedback-stats
+    "processors.drift",             # windowed PSI/KS + river ADWIN -> drift
+    "processors.performance",       # rolling live accuracy/precision/recall
+    "processors.triggers",          # policies -> triggers
+    "processors.shadow_comparison", # primary + shadow + feedback -> shadow-comparisons
+    "processors.promotion",         # promotion / rejection / rollback -> model-updates
+)
+
+
+@dataclass
+class ProcessorContext:
+    settings: Settings
+    topics: Topics
+    serde: Serde
+    metrics: Metrics
+    producer: EventProducer
+    """confluent-kafka producer for output events and dead letters (faust's own producer is used
+    for changelogs)."""
+    faust_topics: dict = field(default_factory=dict)
+    """faust topic objects by topic key (raw bytes values; decode with ctx.serde)."""
+
+
+def build_app(settings: Settings, *, stages=STAGES, metrics: Metrics | None = None) -> tuple[faust.App, ProcessorContext]:
+    topics = Topics.from_settings(settings)
+    app = faust.App(
+        f"{settings.topic_prefix}processors",
+        broker=[f"kafka://{hp}" for hp in settings.bootstrap_servers.split(",")],
+        store="memory://",
+        topic_partitions=settings.default_partitions,
+        topic_replication_factor=settings.replication_factor,
+        broker_session_timeout=settings.session_timeout_ms / 1000,
+        broker_heartbeat_interval=settings.heartbeat_interval_ms / 1000,
+        consumer_auto_offset_reset="earliest",
+        web_enabled=False,
+        topic_allow_declare=True,
+    )
+    serde = Serde.from_settings(settings)
+    ctx = ProcessorContext(settings=settings, topics=topics, serde=serde, metrics=metrics or Metrics("processors"),
+                           producer=EventProducer(settings, serde))
+    for key in topics.specs:
+        ctx.faust_topics[key] = app.topic(topics.name(key), key_type=bytes, value_type=bytes,
+                                          key_serializer="raw", value_serializer="raw",
+                                          partitions=topics.partitions(key))
+    for name in stages:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:  # stage not built yet
+                continue
+            raise
+        module.register(app, ctx)
+    return app, ctx
