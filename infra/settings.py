@@ -50,6 +50,8 @@ class Settings:
     """Port of the Prometheus endpoint of a process (0: a free port is chosen and logged)."""
     processor_workers: int = 1
     """Stream-processor worker processes started by `ctloop process`."""
+    processor_stages: str = ""
+    """Comma-separated processor stage modules to run (empty: all of processors.app.STAGES)."""
     trainer_device: str = "auto"
     """auto (cuda when available), cpu, or cuda:N."""
     log_level: str = "INFO"
