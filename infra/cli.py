@@ -27,7 +27,10 @@ COMMAND_MODULES = (
 @click.pass_context
 def cli(ctx: click.Context, log_level: str | None) -> None:
     """ctloop: models that improve themselves (continuous training and deployment on Kafka)."""
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:  # a CTLOOP_* value that does not parse: say which, no traceback
+        raise click.ClickException(str(exc)) from None
     if log_level:
         settings = settings.replace(log_level=log_level)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -38,11 +38,23 @@ class Settings:
     """Events buffered in the SDK before log calls block (back-pressure)."""
     producer_block_timeout_s: float = 30.0
     """How long a log call blocks on a full buffer before raising."""
+    producer_partitioner: str = "consistent_random"
+    """librdkafka partitioner of keyed events. consistent_random: CRC32 of the key (librdkafka's default);
+    murmur2_random: Kafka's Java default, needed when Java/aiokafka/franz-go producers write the
+    co-partitioned topics (predictions, feedback) too."""
     # --- ClickHouse / storage -----------------------------------------------------------------------
     data_dir: str = ".ctloop"
     """Where embedded data lives (chdb database, model artifacts, reports)."""
     clickhouse_url: str = ""
     """clickhouse-connect URL (http://user:pass@host:8123/db). Empty: chdb:// under data_dir."""
+    clickhouse_database: str = "ctloop"
+    """ClickHouse database holding the sink tables and views (created if missing)."""
+    sink_batch_size: int = 5000
+    """Events the ClickHouse sink buffers before one batched insert."""
+    sink_flush_interval_s: float = 1.0
+    """Longest time the ClickHouse sink holds buffered events before inserting them."""
+    sink_insert_retries: int = 5
+    """Attempts of one batched insert before the sink gives up (offsets stay uncommitted)."""
     artifact_store: str = ""
     """Model artifact store (a local directory). Empty: <data_dir>/artifacts."""
     # --- processes ---------------------------------------------------------------------------------
@@ -52,8 +64,62 @@ class Settings:
     """Stream-processor worker processes started by `ctloop process`."""
     processor_stages: str = ""
     """Comma-separated processor stage modules to run (empty: all of processors.app.STAGES)."""
+    processor_ready_file: str = ""
+    """File a processor worker writes once its consumers are assigned and its state is recovered (empty: none)."""
+    join_ttl_s: float = 7 * 24 * 3600.0
+    """How long a prediction waits for its feedback in the join before it is forgotten."""
+    feedback_park_ttl_s: float = 3600.0
+    """How long feedback that arrived before its prediction is parked before it is dead-lettered (unmatched_feedback)."""
+    join_sweep_interval_s: float = 5.0
+    """How often the join expires pending predictions and parked feedback past their TTL."""
+    stats_min_interval_s: float = 0.5
+    """Least time between two FeedbackLoopStats events of one deployment (rate limit; changes are coalesced)."""
+    drift_window_size: int = 500
+    """Predictions per drift window (per deployment); the first window is the reference."""
+    drift_psi_threshold: float = 0.2
+    """A feature drifts on a window when its PSI against the reference reaches this."""
+    drift_ks_pvalue: float = 0.001
+    """...or when the Kolmogorov-Smirnov p-value falls below this."""
+    performance_window: int = 200
+    """Labeled examples in the rolling live-performance window of a deployment."""
+    processor_fetch_wait_ms: int = 20
+    """Longest a processor worker's fetch waits for records (faust's fixed 1500 ms adds that much latency per hop)."""
+    trigger_timeout_s: float = 1800.0
+    """A trigger with no TrainingRunFinished/Failed after this long no longer blocks new triggers."""
     trainer_device: str = "auto"
     """auto (cuda when available), cpu, or cuda:N."""
+    trainer_threads: int = 0
+    """CPU threads a trainer gives torch (0: all cores, at most 8)."""
+    trainer_max_epochs: int = 40
+    """Upper bound of training epochs (early stopping usually ends sooner)."""
+    trainer_run_delay_s: float = 0.0
+    """Seconds a trainer waits after TrainingRunStarted (fault injection for crash tests and demos)."""
+    trainer_recent_window_s: float = 86400.0
+    """Examples older than this before the newest one (and base-dataset rows) are 'historical' for the
+    forgetting check of the evaluation gate."""
+    trainer_regression_dir: str = ""
+    """Directory of curated regression sets, <deployment>.csv or .parquet (features + label); empty: none."""
+    gate_min_metrics: str = ""
+    """Minimum candidate metrics on the holdout, e.g. "accuracy=0.7,macro_f1=0.6" (empty: none)."""
+    gate_holdout_tolerance: float = 0.01
+    """How much worse than the champion a candidate may be on the recent holdout and regression set."""
+    gate_segment_tolerance: float = 0.05
+    """How much worse than the champion a candidate may be on any class (recall per true class)."""
+    gate_forgetting_tolerance: float = 0.05
+    """How much worse than the champion a candidate may be on historical examples (forgetting)."""
+    # --- serving, shadow comparison, promotion (serving) ---------------------------------------------
+    serving_shadow_queue_size: int = 1000
+    """Shadow inferences queued per Deployment; when full, shadow work is dropped and counted (never blocks)."""
+    shadow_comparison_every: int = 50
+    """Emit a ShadowComparison after this many new labeled pairs of a (primary, shadow) version pair."""
+    shadow_comparison_interval_s: float = 5.0
+    """...or after this many seconds when the pair's counts changed (rate limit for slow traffic)."""
+    promotion_max_samples_factor: float = 3.0
+    """A shadow not significantly better after this many times promotion_min_samples labeled pairs is rejected."""
+    rollback_window: int = 200
+    """Labeled predictions of a newly promoted champion judged per window against the previous champion."""
+    rollback_watch_windows: int = 5
+    """Windows a newly promoted champion is watched for before it is considered confirmed."""
     log_level: str = "INFO"
     """Log level of ctloop processes."""
 
@@ -107,6 +173,7 @@ class Settings:
             "queue.buffering.max.messages": self.producer_queue_max_messages,
             "enable.idempotence": False,
             "acks": "all",
+            "partitioner": self.producer_partitioner,
             "log.connection.close": False,
         }
         config.update(extra)

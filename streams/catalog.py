@@ -70,7 +70,8 @@ class EventSchema:
     @cached_property
     def fingerprint(self) -> bytes:
         """CRC-64-AVRO fingerprint, 8 bytes little-endian, as single-object encoding writes it."""
-        return int(fingerprint(self.canonical_form, "CRC-64-AVRO"), 16).to_bytes(8, "little")
+        # fastavro's hex string already is the little-endian byte sequence (as in the spec's examples)
+        return bytes.fromhex(fingerprint(self.canonical_form, "CRC-64-AVRO"))
 
     @cached_property
     def parsed(self):
@@ -100,6 +101,19 @@ class SchemaCatalog:
             self._by_fingerprint[schema.fingerprint] = schema
         if not self._by_name:
             raise FileNotFoundError(f"no .avsc schemas in {self.directory}")
+        # Earlier released versions (released/<N>/*.avsc): events written with them keep decoding
+        # (their writer schema is resolved against the current one) after a schema evolves.
+        self._released: dict[bytes, tuple[EventSchema, EventSchema]] = {}
+        released = self.directory / "released"
+        if released.is_dir():
+            for path in sorted(released.glob("*/*.avsc")):
+                definition = json.loads(path.read_text())
+                current = self._by_name.get(definition.get("name"))
+                if current is None:
+                    continue
+                old = EventSchema(definition["name"], path, definition)
+                if old.fingerprint not in self._by_fingerprint:
+                    self._released[old.fingerprint] = (current, old)
 
     def __getitem__(self, name: str) -> EventSchema:
         try:
@@ -118,6 +132,11 @@ class SchemaCatalog:
 
     def by_fingerprint(self, fp: bytes) -> EventSchema | None:
         return self._by_fingerprint.get(fp)
+
+    def released_by_fingerprint(self, fp: bytes) -> tuple[EventSchema, EventSchema] | None:
+        """(current schema, released writer schema) for a fingerprint of an earlier released
+        version that differs from the current one; None otherwise."""
+        return self._released.get(fp)
 
     def by_full_name(self, full_name: str) -> EventSchema | None:
         return self._by_name.get(full_name.rsplit(".", 1)[-1])

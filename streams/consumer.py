@@ -187,6 +187,54 @@ class EventConsumer:
         self.close()
 
 
+def end_offsets(settings, topic: str, *, timeout_s: float = 15.0, consumer: Consumer | None = None) -> dict[int, int]:
+    """{partition: end offset (one past the last record)} of ``topic``; {} when it does not exist.
+
+    Use this rather than ``get_watermark_offsets``: the embedded Tansu broker answers ListOffsets
+    with the base offset of the last record batch + 1, not the offset after the last record. Here the
+    last batch is read (from the reported watermark - 1 to the fetch's end of partition) and the
+    true end is taken from it, which costs one small fetch per partition on any broker."""
+    from confluent_kafka import KafkaError
+
+    own = consumer is None
+    consumer = consumer or Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": "ctloop-reader",
+                                     "enable.auto.commit": False, "log.connection.close": False})
+    deadline = time.monotonic() + timeout_s
+    try:
+        md = consumer.list_topics(topic, timeout=timeout_s)
+        if topic not in md.topics or md.topics[topic].error is not None:
+            return {}
+        ends: dict[int, int] = {}
+        probe = []
+        for p in sorted(md.topics[topic].partitions):
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s, cached=False)
+            ends[p] = high
+            if high > low:
+                probe.append(TopicPartition(topic, p, max(low, high - 1)))
+        if not probe:
+            return ends
+        reader = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": "ctloop-reader",
+                           "enable.auto.commit": False, "enable.partition.eof": True, "log.connection.close": False})
+        try:
+            reader.assign(probe)
+            waiting = {tp.partition for tp in probe}
+            while waiting:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"finding the end offsets of {topic} took more than {timeout_s}s")
+                for msg in reader.consume(1000, 0.1):
+                    err = msg.error()
+                    if err is None:
+                        ends[msg.partition()] = max(ends[msg.partition()], msg.offset() + 1)
+                    elif err.code() == KafkaError._PARTITION_EOF:
+                        waiting.discard(msg.partition())
+        finally:
+            reader.close()
+        return ends
+    finally:
+        if own:
+            consumer.close()
+
+
 def read_to_end(settings, topic: str, *, serde: Serde | None = None, timeout_s: float = 15.0,
                 start: str = "beginning") -> list[Event]:
     """Read every decodable event of ``topic`` from the beginning to its current end offsets,
@@ -200,12 +248,8 @@ def read_to_end(settings, topic: str, *, serde: Serde | None = None, timeout_s: 
         md = consumer.list_topics(topic, timeout=timeout_s)
         if topic not in md.topics or md.topics[topic].error is not None:
             return []
-        parts = sorted(md.topics[topic].partitions)
-        ends = {}
-        for p in parts:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
-            if high > low:
-                ends[p] = high
+        ends = {p: end for p, end in end_offsets(settings, topic, timeout_s=timeout_s, consumer=consumer).items()
+                if end > consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)[0]}
         if not ends:
             return []
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])

@@ -102,7 +102,13 @@ class EventProducer:
             self._closed = True
 
     def __len__(self) -> int:
+        """Events (and protocol requests) still buffered."""
         return len(self._producer)
+
+    def __bool__(self) -> bool:
+        # Without this, an idle producer (len 0) is falsy and `producer or EventProducer(...)` in a
+        # caller silently makes a second producer, dropping the caller's configuration.
+        return True
 
     def __enter__(self):
         return self

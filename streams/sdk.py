@@ -11,16 +11,22 @@ raised at ``flush()``/``close()``. Invalid input is refused at the call with an 
 """
 from __future__ import annotations
 
+import math
+import struct
 import threading
 import time
 
 from streams import catalog as ev
 from streams.ids import UuidSource
 from streams.producer import EventProducer
-from streams.serde import Serde
+from streams.serde import EncodeError, Serde
 from streams.topics import Topics
-from streams.validation import (FEEDBACK_KINDS, FEEDBACK_TYPES, ROLES, VERDICTS, InvalidEvent, check_features,
-                                check_probabilities, check_str)
+from streams.validation import (_NUMBERS, FEEDBACK_KINDS, FEEDBACK_TYPES, ROLES, VERDICTS, InvalidEvent,
+                                check_features, check_probabilities, check_str)
+
+
+_PREDICTION_FIELDS = ("event_id", "event_time", "prediction_id", "deployment", "model_name", "model_version", "role",
+                      "features", "label", "score", "probabilities", "latency_ms")
 
 
 class CtloopClient:
@@ -36,6 +42,12 @@ class CtloopClient:
         self._shadow_topic = self.topics.shadow_predictions
         self._feedback_topic = self.topics.feedback
         self._encode_prediction = self.serde._encoder(ev.PREDICTION_LOGGED)[1]
+        # positional variant: field values in schema order, no dict per event (only while the schema's
+        # fields are the ones log_prediction passes; after an evolution the dict path fills defaults)
+        self._encode_prediction_fields = getattr(self._encode_prediction, "fields", None)
+        self._prediction_defaults = self.serde.catalog[ev.PREDICTION_LOGGED].defaults
+        if self.serde.catalog[ev.PREDICTION_LOGGED].field_names != _PREDICTION_FIELDS:
+            self._encode_prediction_fields = None
         self._encode_feedback = self.serde._encoder(ev.FEEDBACK_RECEIVED)[1]
         self._prediction_header = self.serde.single_object_header(ev.PREDICTION_LOGGED) if self.serde.registry is None else None
         self._feedback_header = self.serde.single_object_header(ev.FEEDBACK_RECEIVED) if self.serde.registry is None else None
@@ -47,45 +59,70 @@ class CtloopClient:
                        role: str = "primary", prediction_id: str | None = None, latency_ms: float = 0.0,
                        event_time: int | None = None) -> str:
         """Log one prediction; returns its prediction id (give it to log_feedback)."""
+        # Checks are ordered for the common case (plain str/float arguments): each falls back to a
+        # precise check that names the field only when the cheap test fails.
         if deployment.__class__ is not str or not deployment:
             check_str("deployment", deployment)
         if model_version.__class__ is not str or not model_version:
             check_str("model_version", model_version)
+        if model_name.__class__ is not str:
+            check_str("model_name", model_name, allow_empty=True)
         if role not in ROLES:
             raise InvalidEvent("role", f"must be one of {ROLES}, got {role!r}")
-        check_features(features)
-        if label is None and score is None:
-            raise InvalidEvent("label", "a prediction needs a label or a score")
-        if label is not None and label.__class__ is not str:
+        # features: numbers and a finite sum here; names are checked by the encoder's key-set cache
+        # (a non-string name fails encoding, and check_features below then names it)
+        try:
+            fast = features.__class__ is dict and features and _NUMBERS.issuperset(map(type, features.values())) \
+                and math.isfinite(sum(features.values()))
+        except OverflowError:
+            fast = False
+        if not fast:
+            check_features(features)
+        if label is None:
+            if score is None:
+                raise InvalidEvent("label", "a prediction needs a label or a score")
+        elif label.__class__ is not str:
             check_str("label", label)
         if score is not None:
-            if score.__class__ is not float or score != score or score in (float("inf"), float("-inf")):
-                if not isinstance(score, (int, float)) or isinstance(score, bool) or score != score or abs(score) == float("inf"):
+            if score.__class__ is not float or score - score != 0.0:  # x - x is nan for nan and inf
+                if not isinstance(score, (int, float)) or isinstance(score, bool) or not math.isfinite(score):
                     raise InvalidEvent("score", f"must be a finite number, got {score!r}")
                 score = float(score)
         if probabilities:
             check_probabilities(probabilities)
-        if latency_ms.__class__ is not float:
-            if not isinstance(latency_ms, (int, float)) or isinstance(latency_ms, bool):
-                raise InvalidEvent("latency_ms", f"must be a number, got {latency_ms!r}")
-        with self._lock:
-            if prediction_id is None:
-                prediction_id = self._uuid()
-            event_id = self._uuid()
-        record = {
-            "event_id": event_id, "event_time": event_time or time.time_ns() // 1_000_000,
-            "prediction_id": prediction_id, "deployment": deployment, "model_name": model_name,
-            "model_version": model_version, "role": role, "features": features, "label": label, "score": score,
-            "probabilities": probabilities or {}, "latency_ms": latency_ms,
-        }
+        else:
+            probabilities = {}
+        if latency_ms.__class__ is not float or latency_ms - latency_ms != 0.0:
+            if not isinstance(latency_ms, (int, float)) or isinstance(latency_ms, bool) or not math.isfinite(latency_ms):
+                raise InvalidEvent("latency_ms", f"must be a finite number, got {latency_ms!r}")
+            latency_ms = float(latency_ms)
+        if prediction_id is None:
+            prediction_id = self._uuid()  # UuidSource.pop is atomic under the GIL: no lock needed
+        elif prediction_id.__class__ is not str or not prediction_id:
+            check_str("prediction_id", prediction_id)
+        if event_time is None:
+            event_time = time.time_ns() // 1_000_000
         topic = self._shadow_topic if role == "shadow" else self._predictions_topic
-        if self._prediction_header is not None:
+        if self._prediction_header is not None and self._encode_prediction_fields is not None:
             try:
-                value = self._prediction_header + self._encode_prediction(record)
-            except (TypeError, ValueError, KeyError, AttributeError) as exc:
+                value = self._prediction_header + self._encode_prediction_fields(
+                    self._uuid(), event_time, prediction_id, deployment, model_name, model_version, role, features,
+                    label, score, probabilities, latency_ms)
+            except (TypeError, ValueError, KeyError, AttributeError, struct.error) as exc:
+                check_features(features)  # a non-string feature name: the precise error
                 raise InvalidEvent("record", f"cannot encode prediction: {exc}") from None
         else:
-            value = self.serde.encode(ev.PREDICTION_LOGGED, record, topic)
+            record = {
+                **self._prediction_defaults,
+                "event_id": self._uuid(), "event_time": event_time, "prediction_id": prediction_id,
+                "deployment": deployment, "model_name": model_name, "model_version": model_version, "role": role,
+                "features": features, "label": label, "score": score, "probabilities": probabilities,
+                "latency_ms": latency_ms,
+            }
+            try:
+                value = self.serde.encode(ev.PREDICTION_LOGGED, record, topic)
+            except EncodeError as exc:
+                raise InvalidEvent("record", str(exc)) from None
         self.producer.produce_raw(topic, value, prediction_id)
         return prediction_id
 

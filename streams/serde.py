@@ -91,7 +91,8 @@ class Serde:
         if settings.schema_registry_url:
             from confluent_kafka.schema_registry import SchemaRegistryClient
 
-            registry = SchemaRegistryClient({"url": settings.schema_registry_url})
+            # new_client: a "mock://..." URL gives confluent's in-memory registry (tests, demos)
+            registry = SchemaRegistryClient.new_client({"url": settings.schema_registry_url})
         return cls(catalog, registry)
 
     # -- encoding ---------------------------------------------------------------------------------
@@ -128,7 +129,7 @@ class Serde:
             schema = self.catalog[event_type]
             sid = self.registry.register_schema(f"{topic}-{schema.full_name}", Schema(json.dumps(schema.definition), "AVRO"))
             self._registry_ids[key] = sid
-            self._registry_schemas[sid] = schema
+            self._registry_schemas[sid] = (schema, schema.parsed)  # we wrote it: writer == catalog schema
         return sid
 
     # -- decoding ---------------------------------------------------------------------------------
@@ -138,9 +139,14 @@ class Serde:
         if data[:2] == SINGLE_OBJECT_MAGIC:
             if len(data) < 10:
                 raise DecodeError("truncated single-object header")
-            schema = self.catalog.by_fingerprint(bytes(data[2:10]))
+            fp = bytes(data[2:10])
+            schema = self.catalog.by_fingerprint(fp)
             if schema is None:
-                raise DecodeError(f"unknown schema fingerprint {bytes(data[2:10]).hex()}", "unknown_schema")
+                released = self.catalog.released_by_fingerprint(fp)
+                if released is None:
+                    raise DecodeError(f"unknown schema fingerprint {fp.hex()}", "unknown_schema")
+                schema, writer = released  # written with an earlier released version: resolve
+                return Decoded(schema.name, self._read(writer.parsed, schema.parsed, data, 10))
             return Decoded(schema.name, self._read(schema.parsed, None, data, 10))
         if data[:1] == CONFLUENT_MAGIC:
             if len(data) < 5:

@@ -27,7 +27,21 @@ def check_str(field: str, value, *, allow_empty: bool = False) -> None:
         raise InvalidEvent(field, "must not be empty")
 
 
+_NUMBERS = frozenset((float, int))
+_STR = frozenset((str,))
+
+
 def check_features(features, field: str = "features") -> None:
+    # fast path (the SDK hot path): all names str, all values float/int (not bool), and a finite
+    # sum (a NaN or infinity makes the sum non-finite; an overflowing sum just takes the slow path)
+    if features.__class__ is dict and features:
+        values = features.values()
+        if _NUMBERS.issuperset(map(type, values)) and _STR.issuperset(map(type, features)):
+            try:
+                if math.isfinite(sum(values)):
+                    return
+            except OverflowError:
+                pass
     if not isinstance(features, dict):
         raise InvalidEvent(field, f"expected a mapping of name to number, got {type(features).__name__}")
     if not features:
@@ -38,13 +52,22 @@ def check_features(features, field: str = "features") -> None:
         if cls is not float and cls is not int:
             if cls is bool or not isinstance(value, (int, float)):
                 raise InvalidEvent(f"{field}[{name!r}]", f"expected a number, got {type(value).__name__}")
-        if not isfinite(value):
+        try:
+            finite = isfinite(value)
+        except OverflowError:  # an int beyond the range of a double
+            finite = False
+        if not finite:
             raise InvalidEvent(f"{field}[{name!r}]", f"must be finite, got {value}")
         if name.__class__ is not str:
             raise InvalidEvent(field, f"feature names must be strings, got {name!r}")
 
 
 def check_probabilities(probabilities, field: str = "probabilities") -> None:
+    if probabilities.__class__ is dict:  # fast path, as in check_features
+        values = probabilities.values()
+        if _NUMBERS.issuperset(map(type, values)) and (not values or (
+                math.isfinite(sum(values)) and min(values) >= 0 and max(values) <= 1)):
+            return
     if not isinstance(probabilities, dict):
         raise InvalidEvent(field, f"expected a mapping of label to probability, got {type(probabilities).__name__}")
     for name, value in probabilities.items():

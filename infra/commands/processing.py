@@ -1,0 +1,49 @@
+"""Processing commands: ``ctloop process`` (the stream-processor worker) and ``ctloop trigger``
+(a manual training trigger)."""
+from __future__ import annotations
+
+import getpass
+import json
+
+import click
+
+
+def _require_bootstrap(settings) -> None:
+    if not settings.bootstrap_servers:
+        raise click.UsageError("no Kafka configured: set CTLOOP_BOOTSTRAP_SERVERS (`ctloop broker` prints an address)")
+
+
+def register(cli: click.Group) -> None:
+    @cli.command("process")
+    @click.option("--stages", default=None, help="Comma-separated stage modules (default: CTLOOP_PROCESSOR_STAGES, else all).")
+    @click.option("--metrics-port", type=int, default=None, help="Prometheus port (default: CTLOOP_METRICS_PORT; 0 picks one).")
+    @click.pass_obj
+    def process(settings, stages, metrics_port):
+        """Run a stream-processor worker (feedback join, counters, drift, performance, triggers...)
+        until SIGTERM/SIGINT. Serves Prometheus metrics."""
+        from processors.worker import run_worker
+
+        _require_bootstrap(settings)
+        if stages is not None:
+            settings = settings.replace(processor_stages=stages)
+        if metrics_port is not None:
+            settings = settings.replace(metrics_port=metrics_port)
+        run_worker(settings)
+
+    @cli.command("trigger")
+    @click.argument("deployment")
+    @click.option("--mode", "training_mode", type=click.Choice(["full", "finetune"]), default=None,
+                  help="Training mode (default: the deployment's setting).")
+    @click.option("--requested-by", default=None, help="Who asks (default: the current user).")
+    @click.pass_obj
+    def trigger(settings, deployment, training_mode, requested_by):
+        """Publish a manual training trigger for DEPLOYMENT (snapshot: labeled examples so far)."""
+        from processors.snapshot import publish_manual_trigger
+
+        _require_bootstrap(settings)
+        try:
+            user = requested_by or getpass.getuser()
+        except Exception:  # noqa: BLE001 - no user name in some containers
+            user = "cli"
+        record = publish_manual_trigger(settings, deployment, requested_by=user, training_mode=training_mode)
+        click.echo(json.dumps({k: record[k] for k in ("trigger_id", "deployment", "reason", "snapshot", "evidence")}))

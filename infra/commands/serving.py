@@ -1,0 +1,201 @@
+"""Serving commands: ``ctloop status DEPLOYMENT``, ``ctloop promote DEPLOYMENT VERSION``,
+``ctloop rollback DEPLOYMENT [--to VERSION]``.
+
+Everything is read from the topics (registry, settings, shadow comparisons, model updates); manual
+decisions are events on model-updates with ``decided_by manual``, exactly like the policy's.
+"""
+from __future__ import annotations
+
+import json
+
+import click
+
+from infra.settings import Settings
+from streams import catalog as ev
+
+
+class DecisionError(ValueError):
+    """A manual decision that cannot be made (unknown version, nothing to roll back to...)."""
+
+
+def _require_bootstrap(settings: Settings) -> None:
+    if not settings.bootstrap_servers:
+        raise click.UsageError("no Kafka configured: set CTLOOP_BOOTSTRAP_SERVERS (`ctloop broker` prints an address)")
+
+
+def deployment_status(settings: Settings, deployment: str, *, decisions: int = 10, timeout_s: float = 15.0) -> dict:
+    """Champion, shadow, canary fraction, latest live comparison and recent decisions of a deployment."""
+    from streams.consumer import read_to_end
+    from streams.deployments import DeploymentSettingsClient
+    from streams.topics import Topics
+    from trainers.registry import ModelRegistry
+
+    topics = Topics.from_settings(settings)
+    registry = ModelRegistry.load(settings, timeout_s=timeout_s)
+    settings_client = DeploymentSettingsClient(settings)
+    try:
+        config = settings_client.current(deployment)
+    finally:
+        settings_client.close()
+    champion = registry.champion(deployment)
+    comparisons = [e.value for e in read_to_end(settings, topics.shadow_comparisons, timeout_s=timeout_s)
+                   if e.value.get("deployment") == deployment]
+    updates = [e for e in read_to_end(settings, topics.model_updates, timeout_s=timeout_s)
+               if e.value.get("deployment") == deployment]
+    recent = []
+    for e in updates[-decisions:]:
+        v = e.value
+        if e.event_type == ev.MODEL_PROMOTED:
+            what = f"promoted {v['model_version']} (was {v.get('previous_version')})"
+            reason = v["reason"]
+        elif e.event_type == ev.MODEL_ROLLED_BACK:
+            what = f"rolled back {v['from_version']} -> {v['to_version']}"
+            reason = v["reason"]
+        else:
+            what = f"rejected {v['model_version']} ({v['stage']})"
+            reason = "; ".join(v.get("reasons") or [])
+        recent.append({"time": v["event_time"], "decision": what, "decided_by": v.get("decided_by", "policy"),
+                       "reason": reason})
+    return {
+        "deployment": deployment,
+        "champion": champion.version if champion else None,
+        "shadow": config.get("shadow_model_version"),
+        "canary_fraction": config.get("canary_fraction", 0.0),
+        "continuous_deployment_enabled": config.get("continuous_deployment_enabled", False),
+        "policy": {k: config.get(k) for k in ("promotion_metric", "promotion_threshold", "promotion_min_samples",
+                                              "significance_level", "rollback_margin")},
+        "versions": [{"version": m.version, "alias": m.alias} for m in registry.versions(deployment)],
+        "live_comparison": comparisons[-1] if comparisons else None,
+        "recent_decisions": recent,
+    }
+
+
+def _publish(settings: Settings, event_type: str, record: dict) -> dict:
+    from streams.producer import EventProducer
+    from streams.topics import Topics
+
+    with EventProducer(settings) as producer:
+        producer.produce(Topics.from_settings(settings).model_updates, event_type, record, key=record["deployment"])
+    return record
+
+
+def manual_promote(settings: Settings, deployment: str, version: str, *, reason: str = "manual promotion",
+                   timeout_s: float = 15.0) -> dict:
+    """Publish ModelPromoted (decided_by manual) making ``version`` the champion; clears it as shadow."""
+    from streams.deployments import DeploymentSettingsClient
+    from streams.serde import new_event
+    from trainers.registry import ModelRegistry
+
+    registry = ModelRegistry.load(settings, timeout_s=timeout_s)
+    mv = registry.get(deployment, version)
+    if mv is None:
+        known = ", ".join(m.version for m in registry.versions(deployment)) or "none"
+        raise DecisionError(f"version: {deployment} has no version {version!r} (known: {known})")
+    if mv.alias in ("rejected",) and not mv.artifact_uri:
+        raise DecisionError(f"version: {version} was refused at evaluation and has no artifact")
+    champion = registry.champion(deployment)
+    if champion is not None and champion.version == version:
+        raise DecisionError(f"version: {version} is already the champion of {deployment}")
+    record = _publish(settings, ev.MODEL_PROMOTED, new_event(
+        ev.MODEL_PROMOTED, deployment=deployment, model_name=mv.model_name, model_version=version,
+        previous_version=champion.version if champion else None, decided_by="manual", reason=reason))
+    client = DeploymentSettingsClient(settings)
+    try:
+        if client.current(deployment).get("shadow_model_version") == version:
+            client.configure(deployment, "promotion_decided", shadow_model_version=None, canary_fraction=0.0)
+    finally:
+        client.close()
+    return record
+
+
+def manual_rollback(settings: Settings, deployment: str, to_version: str | None = None, *,
+                    reason: str = "manual rollback", timeout_s: float = 15.0) -> dict:
+    """Publish ModelRolledBack (decided_by manual) from the champion to ``to_version`` (default: the
+    previous champion)."""
+    from streams.serde import new_event
+    from trainers.registry import ModelRegistry
+
+    registry = ModelRegistry.load(settings, timeout_s=timeout_s)
+    champion = registry.champion(deployment)
+    if champion is None:
+        raise DecisionError(f"deployment: {deployment!r} has no champion to roll back")
+    if to_version is None:
+        target = registry.previous_champion(deployment)
+        if target is None:
+            raise DecisionError(f"to: {deployment} has no previous champion; name a version with --to")
+    else:
+        target = registry.get(deployment, to_version)
+        if target is None:
+            known = ", ".join(m.version for m in registry.versions(deployment))
+            raise DecisionError(f"to: {deployment} has no version {to_version!r} (known: {known})")
+    if target.version == champion.version:
+        raise DecisionError(f"to: {target.version} is already the champion")
+    return _publish(settings, ev.MODEL_ROLLED_BACK, new_event(
+        ev.MODEL_ROLLED_BACK, deployment=deployment, model_name=champion.model_name, from_version=champion.version,
+        to_version=target.version, decided_by="manual", reason=reason))
+
+
+def _format_status(status: dict) -> str:
+    lines = [f"deployment   {status['deployment']}",
+             f"champion     {status['champion'] or '(none)'}",
+             f"shadow       {status['shadow'] or '(none)'}"
+             + (f"  (canary {status['canary_fraction']:.0%})" if status["canary_fraction"] else ""),
+             f"auto deploy  {'on' if status['continuous_deployment_enabled'] else 'off'}  "
+             + ", ".join(f"{k}={v}" for k, v in status["policy"].items()),
+             "versions     " + (", ".join(f"{v['version']}:{v['alias']}" for v in status["versions"]) or "(none)")]
+    c = status["live_comparison"]
+    if c:
+        lines.append(f"live comparison  {c['primary_version']} vs {c['shadow_version']}: "
+                     f"{c['labeled_samples']} labeled / {c['paired_samples']} paired, agreement {c['agreement_rate']:.3f}, "
+                     f"McNemar p={c['mcnemar_pvalue'] if c['mcnemar_pvalue'] is not None else float('nan'):.3g}")
+        lines.append(f"  {'metric':<10} {'primary':>9} {'shadow':>9}")
+        for m in ("accuracy", "precision", "recall", "f1"):
+            lines.append(f"  {m:<10} {c['primary_metrics'].get(m, 0.0):>9.4f} {c['shadow_metrics'].get(m, 0.0):>9.4f}")
+        lines.append(f"  {'p50 ms':<10} {c['primary_latency_p50_ms']:>9.3f} {c['shadow_latency_p50_ms']:>9.3f}")
+        lines.append(f"  {'p95 ms':<10} {c['primary_latency_p95_ms']:>9.3f} {c['shadow_latency_p95_ms']:>9.3f}")
+    else:
+        lines.append("live comparison  (none yet)")
+    lines.append("recent decisions" + ("" if status["recent_decisions"] else "  (none)"))
+    for d in status["recent_decisions"]:
+        lines.append(f"  {d['time']}  {d['decided_by']:<6} {d['decision']}: {d['reason']}")
+    return "\n".join(lines)
+
+
+def register(cli: click.Group) -> None:
+    @cli.command("status")
+    @click.argument("deployment")
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+    @click.pass_obj
+    def status_cmd(settings: Settings, deployment: str, as_json: bool) -> None:
+        """Champion, shadow, live comparison and recent decisions of DEPLOYMENT."""
+        _require_bootstrap(settings)
+        status = deployment_status(settings, deployment)
+        click.echo(json.dumps(status, indent=2, default=str) if as_json else _format_status(status))
+
+    @cli.command("promote")
+    @click.argument("deployment")
+    @click.argument("version")
+    @click.option("--reason", default="manual promotion", show_default=True)
+    @click.pass_obj
+    def promote_cmd(settings: Settings, deployment: str, version: str, reason: str) -> None:
+        """Make VERSION the champion of DEPLOYMENT (a ModelPromoted event, decided_by manual)."""
+        _require_bootstrap(settings)
+        try:
+            record = manual_promote(settings, deployment, version, reason=reason)
+        except DecisionError as exc:
+            raise click.BadParameter(str(exc)) from None
+        click.echo(f"promoted {deployment} {record['model_version']} (was {record['previous_version']})")
+
+    @cli.command("rollback")
+    @click.argument("deployment")
+    @click.option("--to", "to_version", default=None, help="Version to restore (default: the previous champion).")
+    @click.option("--reason", default="manual rollback", show_default=True)
+    @click.pass_obj
+    def rollback_cmd(settings: Settings, deployment: str, to_version: str | None, reason: str) -> None:
+        """Restore the previous champion of DEPLOYMENT (a ModelRolledBack event, decided_by manual)."""
+        _require_bootstrap(settings)
+        try:
+            record = manual_rollback(settings, deployment, to_version, reason=reason)
+        except DecisionError as exc:
+            raise click.BadParameter(str(exc)) from None
+        click.echo(f"rolled back {deployment} {record['from_version']} -> {record['to_version']}")

@@ -1,0 +1,708 @@
+"""``ctloop demo``: the whole loop end to end on a drifting stream (the composition root of the demo).
+
+Phases: Kafka (configured, else the embedded broker) and topics -> deployment settings (feedback loop,
+continuous training, continuous deployment) -> initial champion trained on concept A -> the processors
+worker (a subprocess) -> a *faulty* trainer (label noise) that handles the first trigger, so that one
+deliberately bad candidate must be rejected -> the regular trainer -> the serving app predicting on the
+stream while reviewers label part of it late -> drift 1 -> (loop closes: trigger, run, shadow,
+promotion) -> drift 2 -> (loop closes again) -> summary from the topics, ClickHouse sink, HTML report
+and the effectiveness comparison.
+
+The stream moves to the next concept once the loop has promoted a model for the current one and the
+new champion served ``settle_events`` (or after ``max_phase_events``), so the drift positions are
+decided while streaming and recorded.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from infra.demo.effectiveness import Comparison, compare, phase_windows, summarise_kinds
+from infra.demo.stream import DriftingStream, Reviewers, Sample, training_data
+from infra.demo.summary import LoopEvents, summarise
+from infra.settings import Settings
+
+log = logging.getLogger(__name__)
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class DemoOptions:
+    deployment: str = "demo"
+    seed: int = 42
+    drifts: int = 2
+    """Number of drifts (1 or 2)."""
+    rate: float = 150.0
+    """Served events per second (0: as fast as possible)."""
+    initial_examples: int = 2000
+    """Size of the initial training set (concept A, not part of the served stream)."""
+    warmup_events: int = 1200
+    """Events of concept A served before the fault-injection trigger."""
+    min_phase_events: int = 2500
+    """Minimum events of each concept."""
+    settle_events: int = 800
+    """Events served by a freshly promoted champion before the next drift (and at the end)."""
+    recovered_accuracy: float = 0.85
+    """Served accuracy over the settle span that counts as recovered; below it the phase goes on
+    (the loop retrains and promotes again) until max_phase_events."""
+    max_phase_events: int = 15000
+    """A phase ends after this many events even when the loop did not close."""
+    review_fraction: float = 0.5
+    min_review_delay: int = 20
+    max_review_delay: int = 200
+    label_noise: float = 0.7
+    """Label noise of the faulty trainer (above 0.5 inverts a binary classifier)."""
+    trigger_threshold: int = 1500
+    drift_threshold: float = 0.5
+    performance_decay_threshold: float = 0.15
+    cooldown_seconds: int = 10
+    min_training_examples: int = 200
+    promotion_min_samples: int = 200
+    promotion_threshold: float = 0.03
+    significance_level: float = 0.05
+    rollback_margin: float = 0.1
+    recent_window_s: float = 45.0
+    """Trainer's recent window: the evaluation gate judges candidates on the last seconds of data."""
+    timeout_s: float = 540.0
+    """Deadline of the streaming part; the demo stops streaming then and reports what happened."""
+    report: bool = True
+    """Run the ClickHouse sink and write the HTML report."""
+    progress_interval_s: float = 5.0
+
+    @classmethod
+    def quick(cls, **overrides) -> "DemoOptions":
+        """A shorter run for tests (about 2 minutes)."""
+        base = dict(rate=250.0, initial_examples=1500, warmup_events=900, min_phase_events=1500, settle_events=400,
+                    max_phase_events=15000, promotion_min_samples=150, min_training_examples=150, trigger_threshold=1200,
+                    timeout_s=240.0)
+        base.update(overrides)
+        return cls(**base)
+
+
+@dataclass
+class DemoResult:
+    settings: Settings
+    options: DemoOptions
+    summary: dict
+    comparison: Comparison | None
+    report_path: Path | None
+    drift_points: list[int]
+    elapsed_s: float
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def loop_closed(self) -> bool:
+        return self.summary["promotions"] >= 1 and self.summary["candidates_rejected"] >= 1
+
+    @property
+    def ok(self) -> bool:
+        """The demo's requirements: a promotion per drift and at least one rejected candidate."""
+        return (self.summary["promotions"] >= self.options.drifts and self.summary["candidates_rejected"] >= 1
+                and not self.problems)
+
+    def as_dict(self) -> dict:
+        out = dict(self.summary)
+        out["drift_points"] = self.drift_points
+        out["elapsed_s"] = round(self.elapsed_s, 1)
+        out["report"] = str(self.report_path) if self.report_path else None
+        out["problems"] = self.problems
+        out["ok"] = self.ok
+        if self.comparison is not None:
+            out["effectiveness"] = self.comparison.as_dict()
+        return out
+
+
+# --- processes and threads -------------------------------------------------------------------------
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    env = dict(os.environ)
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        env[f"CTLOOP_{f.name.upper()}"] = ("true" if value else "false") if isinstance(value, bool) else str(value)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+class ProcessorsProcess:
+    """``python -m processors.worker`` as a subprocess; ``start`` waits for its ready file."""
+
+    def __init__(self, settings: Settings, run_dir: Path):
+        self.ready_file = run_dir / "processors.ready"
+        self.log_path = run_dir / "processors.log"
+        self.settings = settings.replace(processor_ready_file=str(self.ready_file))
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout_s: float = 90.0) -> "ProcessorsProcess":
+        with open(self.log_path, "wb") as log_file:
+            self.proc = subprocess.Popen([sys.executable, "-m", "processors.worker"], cwd=str(ROOT),
+                                         env=settings_env(self.settings), stdout=log_file, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout_s
+        while not self.ready_file.exists():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"processor worker exited with {self.proc.returncode} before it was ready; "
+                                   f"log {self.log_path}:\n{self.tail()}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise TimeoutError(f"processor worker not ready within {timeout_s}s; log {self.log_path}:\n{self.tail()}")
+            time.sleep(0.1)  # polling the ready file inside a deadline loop
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def tail(self, n: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-n:]
+        except OSError:
+            return ""
+
+    def crash_excerpt(self, lines: int = 40) -> str:
+        """The first traceback in the worker's log (the original failure), else its tail."""
+        try:
+            text = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        for i, line in enumerate(text):
+            if "Traceback (most recent call last)" in line:
+                return "\n".join(text[max(0, i - 2):i + lines])
+        return "\n".join(text[-lines:])
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+class TrainerThread:
+    """``trainers.worker.run_trainer`` in a thread, stopped through its ``stop`` callable."""
+
+    def __init__(self, settings: Settings, trainer_id: str, label_noise: float = 0.0,
+                 on_ready: Callable[[str], None] | None = None):
+        self.settings, self.trainer_id, self.label_noise = settings, trainer_id, label_noise
+        self.on_ready = on_ready
+        self.ready = threading.Event()
+        self._stop = threading.Event()
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=f"demo-{trainer_id}", daemon=True)
+
+    def _run(self) -> None:
+        from trainers.worker import run_trainer
+
+        try:
+            run_trainer(self.settings, self._stop.is_set, trainer_id=self.trainer_id, label_noise=self.label_noise,
+                        on_ready=self._ready)
+        except BaseException as exc:  # noqa: BLE001 - reported by the runner
+            log.exception("trainer %s failed", self.trainer_id)
+            self.error = exc
+
+    def _ready(self) -> None:
+        self.ready.set()
+        if self.on_ready is not None:
+            self.on_ready(self.trainer_id)
+
+    def start(self) -> "TrainerThread":
+        self._thread.start()
+        return self
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def stop(self, timeout_s: float = 60.0) -> bool:
+        self._stop.set()
+        self._thread.join(timeout_s)
+        return not self._thread.is_alive()
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+
+class LoopMonitor:
+    """Follows triggers, model-lifecycle and model-updates (group-less) to drive the demo's phases and
+    progress lines. The final summary does not use it: it is recomputed from the topics."""
+
+    def __init__(self, settings: Settings, deployment: str):
+        from streams.serving import TopicFollower
+        from streams.topics import Topics
+
+        topics = Topics.from_settings(settings)
+        self.deployment = deployment
+        self.lock = threading.Lock()
+        self.events: list[tuple[str, dict]] = []
+        self.follower = TopicFollower(settings, [topics.triggers, topics.model_lifecycle, topics.model_updates],
+                                      self._on_event, name="demo-monitor")
+
+    def _on_event(self, event) -> None:
+        if event.value.get("deployment") == self.deployment:
+            with self.lock:
+                self.events.append((event.event_type, event.value))
+
+    def start(self, timeout_s: float = 30.0) -> "LoopMonitor":
+        self.follower.start()
+        self.follower.wait_caught_up(timeout_s)
+        return self
+
+    def of(self, *types: str) -> list[dict]:
+        with self.lock:
+            return [v for t, v in self.events if t in types]
+
+    def counts(self) -> dict:
+        from streams import catalog as ev
+
+        with self.lock:
+            c: dict[str, int] = {}
+            for t, v in self.events:
+                c[t] = c.get(t, 0) + 1
+        return {"triggers": c.get(ev.TRAINING_TRIGGERED, 0), "runs": c.get(ev.TRAINING_RUN_STARTED, 0),
+                "registered": c.get(ev.MODEL_REGISTERED, 0), "rejected": c.get(ev.CANDIDATE_REJECTED, 0),
+                "promoted": c.get(ev.MODEL_PROMOTED, 0), "rolled_back": c.get(ev.MODEL_ROLLED_BACK, 0)}
+
+    def stop(self) -> None:
+        self.follower.stop()
+
+
+# --- the run --------------------------------------------------------------------------------------
+
+class _Clock:
+    """Paces the stream at ``rate`` events per second."""
+
+    def __init__(self, rate: float):
+        self.rate = rate
+        self.t0 = time.monotonic()
+        self.n = 0
+
+    def tick(self) -> None:
+        self.n += 1
+        if self.rate > 0:
+            ahead = self.t0 + self.n / self.rate - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)  # pacing the simulated traffic, not synchronisation
+            elif ahead < -2.0:  # fell behind (busy machine): do not burst to catch up
+                self.t0 = time.monotonic() - self.n / self.rate
+
+
+def run_demo(settings: Settings, options: DemoOptions | None = None, *, progress: Callable[[str], None] = print) -> DemoResult:
+    options = options or DemoOptions()
+    if options.drifts not in (1, 2):
+        raise ValueError(f"drifts: must be 1 or 2, got {options.drifts}")
+    from infra.stack import kafka_stack
+
+    started = time.monotonic()
+    with kafka_stack(settings) as live:
+        return _run(live, options, progress, started)
+
+
+def _run(settings: Settings, options: DemoOptions, progress: Callable[[str], None], started: float) -> DemoResult:
+    from confluent_kafka.admin import AdminClient
+
+    from streams.deployments import DeploymentSettingsClient
+    from streams.sdk import CtloopClient
+    from streams.topics import Topics, ensure_topics
+
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    run_id = f"{stamp}-{uuid.uuid4().hex[:4]}"
+    run_dir = Path(settings.data_dir) / "demo" / run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    settings = settings.replace(topic_prefix=f"{settings.topic_prefix}demo-{run_id}.", data_dir=str(run_dir),
+                                trainer_recent_window_s=options.recent_window_s)
+    dep_name = options.deployment
+    elapsed = lambda: time.monotonic() - started  # noqa: E731
+    say = lambda msg: progress(f"[{elapsed():6.1f}s] {msg}")  # noqa: E731
+    problems: list[str] = []
+
+    say(f"kafka {settings.bootstrap_servers}; topics prefix {settings.topic_prefix}; data {run_dir}")
+    topics = Topics.from_settings(settings)
+    ensure_topics(AdminClient({"bootstrap.servers": settings.bootstrap_servers}), topics)
+
+    client = CtloopClient(settings)
+    try:  # until the ExitStack below owns the client
+        settings_client = DeploymentSettingsClient(settings, producer=client.producer)
+        settings_client.setup_feedback_loop(dep_name, model_name=f"{dep_name}-model", min_training_examples=options.min_training_examples)
+        settings_client.setup_continuous_training(dep_name, trigger_threshold=options.trigger_threshold,
+                                                  drift_threshold=options.drift_threshold,
+                                                  performance_decay_threshold=options.performance_decay_threshold,
+                                                  cooldown_seconds=options.cooldown_seconds)
+        settings_client.setup_continuous_deployment(dep_name, promotion_threshold=options.promotion_threshold,
+                                                    min_samples=options.promotion_min_samples,
+                                                    significance_level=options.significance_level,
+                                                    rollback_margin=options.rollback_margin)
+        say(f"deployment {dep_name!r}: feedback loop, continuous training (review threshold {options.trigger_threshold}, "
+            f"drift share {options.drift_threshold}, decay {options.performance_decay_threshold}, cooldown "
+            f"{options.cooldown_seconds}s), continuous deployment (min samples {options.promotion_min_samples})")
+
+        from trainers.bootstrap import register_initial_model
+
+        x0, y0 = training_data(options.initial_examples, seed=options.seed + 1000)
+        initial = register_initial_model(settings, dep_name, x0, y0, model_name=f"{dep_name}-model")
+        say(f"initial champion {initial.version} trained on {len(x0)} examples of concept A "
+            f"(holdout accuracy {initial.metrics.get('accuracy', float('nan')):.3f})")
+    except BaseException:
+        client.close(10)
+        raise
+
+    with contextlib.ExitStack() as cleanup:  # stops, in reverse: serving, SDK, trainers, monitor, processors
+        trainers: list[TrainerThread] = []
+
+        def stop_trainers() -> None:
+            for t in trainers:
+                if not t.stop(90):
+                    problems.append(f"{t.trainer_id} did not stop within 90s")
+
+        processors = ProcessorsProcess(settings, run_dir)
+        cleanup.callback(processors.stop)
+        processors.start()
+        say(f"processors worker pid {processors.proc.pid} ready (log {processors.log_path})")
+        monitor = LoopMonitor(settings, dep_name)
+        cleanup.callback(monitor.stop)
+        monitor.start()
+        cleanup.callback(stop_trainers)
+        cleanup.callback(client.close, 30)
+        on_ready = lambda trainer_id: say(f"{trainer_id}: trigger partitions assigned")  # noqa: E731
+        faulty = TrainerThread(settings, "trainer-faulty", label_noise=options.label_noise, on_ready=on_ready).start()
+        trainers.append(faulty)
+        say(f"faulty trainer started (label noise {options.label_noise}); it takes the first trigger")
+        trainer: TrainerThread | None = None
+
+        def start_regular() -> TrainerThread:
+            # hand over: the faulty trainer leaves the group before the regular one joins (a member
+            # that joins while another leaves was seen waiting for its partitions for over 30 s)
+            if not faulty.stop(120):
+                problems.append("the faulty trainer did not stop within 120s")
+            if faulty.error is not None:
+                problems.append(f"faulty trainer crashed: {faulty.error!r}")
+            regular = TrainerThread(settings, "trainer-1", on_ready=on_ready).start()
+            trainers.append(regular)
+            say("regular trainer started")
+            return regular
+
+        from streams.serving import Deployment
+
+        stream = DriftingStream(seed=options.seed)
+        reviewers = Reviewers(fraction=options.review_fraction, min_delay=options.min_review_delay,
+                              max_delay=options.max_review_delay, seed=options.seed + 7)
+        samples: list[Sample] = []
+        prediction_ids: list[str] = []
+        reviews = []
+        recent = deque(maxlen=500)
+        since = deque(maxlen=options.settle_events)  # correctness since the latest promotion
+        deployment = Deployment(settings, dep_name, client=client)
+        cleanup.callback(deployment.close)
+        deployment.start(timeout_s=60)
+        say(f"serving app started: primary {deployment.primary_version}; streaming at "
+            f"{options.rate:g} events/s, reviewers label {options.review_fraction:.0%} after "
+            f"{options.min_review_delay}-{options.max_review_delay} events")
+
+        from streams import catalog as ev
+
+        state = {"phase": 0, "phase_start": 0, "phase_start_ms": 0, "settle_from": None,
+                 "fault_tries": 0, "faulty_runs": 0, "retry_at": None, "fault_done": False, "promoted_version": None}
+        deadline = started + options.timeout_s
+        clock = _Clock(options.rate)
+        last_progress = time.monotonic()
+
+        def faulty_outcome() -> str | None:
+            """Outcome of the faulty trainer's latest run: None (no run yet), running, failed, registered
+            (passed the gate: now in shadow) or rejected."""
+            started_runs = [v["run_id"] for v in monitor.of(ev.TRAINING_RUN_STARTED) if v.get("trainer_id") == "trainer-faulty"]
+            state["faulty_runs"] = len(started_runs)
+            if not started_runs:
+                return None
+            runs = {started_runs[-1]}
+            if any(v.get("run_id") in runs for v in monitor.of(ev.CANDIDATE_REJECTED)):
+                return "rejected"
+            if any(v.get("run_id") in runs for v in monitor.of(ev.TRAINING_RUN_FAILED)):
+                return "failed"
+            if any(v.get("run_id") in runs for v in monitor.of(ev.MODEL_REGISTERED)):
+                return "registered"
+            return "running"
+
+        def phase_done(position: int) -> bool:
+            """Phase 0 ends once the bad candidate was dealt with; a drift phase once the policy promoted
+            a model for it and the champion served ``settle_events`` with at least ``recovered_accuracy``
+            (else the loop keeps retraining), or after ``max_phase_events``."""
+            in_phase = position - state["phase_start"]
+            if state["phase"] > 0:
+                promotions = [p for p in monitor.of(ev.MODEL_PROMOTED)
+                              if p["decided_by"] == "policy" and p["event_time"] >= state["phase_start_ms"]]
+                if promotions and deployment.primary_version == promotions[-1]["model_version"] \
+                        and state["promoted_version"] != promotions[-1]["model_version"]:
+                    state["promoted_version"] = promotions[-1]["model_version"]
+                    state["settle_from"] = position
+                    since.clear()
+                    say(f"the policy promoted {promotions[-1]['model_version']} "
+                        f"({position - state['phase_start']} events after drift {state['phase']})")
+            if in_phase >= options.max_phase_events:
+                if state["phase"] == 0 or state["settle_from"] is None:
+                    problems.append(f"phase {state['phase']}: loop did not close within {options.max_phase_events} events")
+                else:
+                    say(f"phase {state['phase']}: accuracy did not reach {options.recovered_accuracy:.0%} within "
+                        f"{options.max_phase_events} events; moving on")
+                return True
+            if state["phase"] == 0:
+                return state["fault_done"] and in_phase >= options.warmup_events
+            if state["settle_from"] is None or in_phase < options.min_phase_events:
+                return False
+            settled = position - state["settle_from"] >= options.settle_events
+            recovered = settled and sum(since) / max(1, len(since)) >= options.recovered_accuracy
+            if recovered:
+                say(f"recovered from drift {state['phase']}: {state['promoted_version']} served "
+                    f"{sum(since) / len(since):.1%} of the last {len(since)} events right")
+            return recovered
+
+        try:
+            while True:
+                position = stream.position
+                now = time.monotonic()
+                if now > deadline:
+                    problems.append(f"streaming stopped at the deadline ({options.timeout_s:.0f}s) in phase {state['phase']}")
+                    break
+                if not processors.alive():
+                    problems.append(f"processor worker died (exit {processors.proc.returncode}); log {processors.log_path}:\n"
+                                    f"{processors.crash_excerpt()}")
+                    break
+                # phase control --------------------------------------------------------------------
+                if state["phase"] == 0 and not state["fault_done"]:
+                    outcome = faulty_outcome()
+                    if outcome == "rejected":
+                        say("the bad candidate (trained on noisy labels) was rejected")
+                        state["fault_done"] = True
+                    elif outcome == "registered":
+                        faulty.request_stop()  # its candidate is in shadow: the regular trainer takes over
+                    elif outcome == "failed" and state["fault_tries"] >= 3:
+                        problems.append("the faulty trainer's runs failed 3 times: no bad candidate to reject")
+                        state["fault_done"] = True
+                    elif outcome == "failed" and state["retry_at"] is None and state["faulty_runs"] >= state["fault_tries"]:
+                        state["retry_at"] = position + 300
+                        say("the faulty run failed (too little data?); another trigger follows")
+                    if ((outcome is None and state["fault_tries"] == 0 and position >= options.warmup_events)
+                            or (outcome == "failed" and state["retry_at"] is not None and position >= state["retry_at"]
+                                and state["fault_tries"] < 3)):
+                        from processors.snapshot import publish_manual_trigger
+
+                        publish_manual_trigger(settings, dep_name, requested_by="demo (fault injection)")
+                        state["fault_tries"] += 1
+                        state["retry_at"] = None
+                        say("fault injection: manual trigger published; the faulty trainer takes it")
+                    if state["fault_done"]:
+                        faulty.request_stop()
+                if trainer is None and not faulty.alive():
+                    trainer = start_regular()
+                if phase_done(position):
+                    if state["phase"] >= options.drifts:
+                        break
+                    if trainer is None:
+                        trainer = start_regular()
+                    stream.drift()
+                    state.update(phase=state["phase"] + 1, phase_start=stream.position, settle_from=None,
+                                 phase_start_ms=time.time_ns() // 1_000_000)
+                    say(f"DRIFT {state['phase']} at event {stream.position}: concept "
+                        f"{stream.concepts[stream.concept].name} (features shift, class regions change)")
+                # serve one event ---------------------------------------------------------------------
+                sample = stream.next()
+                p = deployment.predict(sample.features)
+                samples.append(sample)
+                prediction_ids.append(p.prediction_id)
+                recent.append(p.label == sample.label)
+                since.append(p.label == sample.label)
+                review = reviewers.observe(sample, p.label, p.prediction_id)
+                if review is not None:
+                    reviews.append(review)
+                for r in reviewers.due(sample.index):
+                    client.log_feedback(r.prediction_id, dep_name, label=r.label, feedback_type=r.feedback_type,
+                                        verdict=r.verdict, reviewer=r.reviewer)
+                clock.tick()
+                if now - last_progress >= options.progress_interval_s:
+                    last_progress = now
+                    c = monitor.counts()
+                    say(f"events {len(samples):6d} | concept {stream.concepts[stream.concept].name} | acc(last 500) "
+                        f"{sum(recent) / max(1, len(recent)):.2f} | primary {deployment.primary_version} shadow "
+                        f"{deployment.shadow_version or '-'} | triggers {c['triggers']} runs {c['runs']} registered "
+                        f"{c['registered']} rejected {c['rejected']} promoted {c['promoted']} rolled back {c['rolled_back']}")
+        finally:
+            say(f"streaming done: {len(samples)} events, drift points {stream.drift_points}; shutting down the loop")
+    if trainer is not None and trainer.error is not None:
+        problems.append(f"trainer crashed: {trainer.error!r}")
+
+    # summary from the topics -------------------------------------------------------------------
+    events = LoopEvents.read(settings, timeout_s=60)
+    summary = summarise(events, dep_name)
+    served = {v["prediction_id"]: v.get("label") for t, v, *_ in events.predictions
+              if t == ev.PREDICTION_LOGGED and v.get("role") == "primary"}
+    served_labels = [served.get(pid) for pid in prediction_ids]
+    missing = sum(1 for s in served_labels if s is None)
+    if missing:
+        problems.append(f"{missing} served predictions not found on the predictions topic")
+    width = _window_width(len(samples), stream.drift_points, options.settle_events)
+    summary.update(_accuracy_summary(samples, served_labels, stream.drift_points, width))
+    summary["latency"].update(_drift_latencies(samples, prediction_ids, events, stream.drift_points, dep_name))
+
+    comparison = None
+    try:
+        comparison = _effectiveness(settings, initial, samples, stream.drift_points, reviews, served_labels,
+                                    (x0, y0), width)
+    except Exception as exc:  # noqa: BLE001 - the loop's figures stand without the comparison
+        log.exception("effectiveness comparison failed")
+        problems.append(f"effectiveness comparison failed: {exc!r}")
+
+    report_path = None
+    if options.report:
+        try:
+            report_path = _sink_and_report(settings, run_dir, say)
+        except Exception as exc:  # noqa: BLE001
+            log.exception("sink/report failed")
+            problems.append(f"ClickHouse sink / report failed: {exc!r}")
+    import gc
+
+    gc.collect()  # drop clients of finished components before the embedded broker stops
+    return DemoResult(settings, options, summary, comparison, report_path, list(stream.drift_points),
+                      time.monotonic() - started, problems)
+
+
+def _window_width(n: int, drift_points: list[int], settle_events: int) -> int:
+    """Comparison windows: a third of the shortest phase, at most the settle span, so that the
+    after-recovery window holds only predictions of the champion promoted for that concept."""
+    bounds = [0, *drift_points, n]
+    shortest = min(b - a for a, b in zip(bounds, bounds[1:])) if n else 1
+    return max(1, min(shortest // 3, settle_events))
+
+
+def _accuracy_summary(samples: list[Sample], served_labels: list, drift_points: list[int], width: int) -> dict:
+    if not samples:
+        return {"accuracy": {}}
+    correct = [lbl == s.label for lbl, s in zip(served_labels, samples)]
+    kinds = summarise_kinds(correct, phase_windows(len(samples), drift_points, width))
+    return {"accuracy": {"before_drift": kinds["before_drift"], "after_drift": kinds["after_drift"],
+                         "after_recovery": kinds["after_recovery"], "overall": sum(correct) / len(correct)}}
+
+
+def _drift_latencies(samples, prediction_ids, events: LoopEvents, drift_points, dep_name) -> dict:
+    """Per drift, from the event time of the first prediction after it: to the first automatic
+    trigger, to the first promotion by the policy, and to the promotion of the champion that served
+    the end of that phase (the model that recovered; None when it was not promoted after the drift)."""
+    from streams import catalog as ev
+
+    primary = {v["prediction_id"]: v for t, v, *_ in events.predictions
+               if t == ev.PREDICTION_LOGGED and v.get("role") == "primary"}
+    triggers = sorted(v["event_time"] for t, v, *_ in events.triggers
+                      if t == ev.TRAINING_TRIGGERED and v["deployment"] == dep_name and v["reason"] != "manual")
+    promoted = sorted((v["event_time"], v["model_version"]) for t, v, *_ in events.updates
+                      if t == ev.MODEL_PROMOTED and v["deployment"] == dep_name and v["decided_by"] == "policy")
+    to_trigger, to_promotion, to_recovery = [], [], []
+    ends = [*drift_points[1:], len(prediction_ids)]
+    for d, end in zip(drift_points, ends):
+        first = primary.get(prediction_ids[d]) if d < len(prediction_ids) else None
+        if first is None:
+            continue
+        t0 = first["event_time"]
+        after = [t for t in triggers if t >= t0]
+        to_trigger.append(round((after[0] - t0) / 1000, 2) if after else None)
+        after = [t for t, _v in promoted if t >= t0]
+        to_promotion.append(round((after[0] - t0) / 1000, 2) if after else None)
+        last = primary.get(prediction_ids[end - 1])
+        final = [t for t, v in promoted if last is not None and v == last["model_version"] and t >= t0]
+        to_recovery.append(round((final[0] - t0) / 1000, 2) if final else None)
+    return {"drift_to_first_trigger_s": to_trigger, "drift_to_first_promotion_s": to_promotion,
+            "drift_to_recovering_promotion_s": to_recovery}
+
+
+def _effectiveness(settings, initial, samples, drift_points, reviews, served_labels, initial_data, width) -> Comparison:
+    from trainers.artifacts import ArtifactStore
+    from trainers.models import load_predictor
+
+    predictor = load_predictor(initial, ArtifactStore(settings.resolved_artifact_store))
+    return compare(samples, drift_points, reviews, frozen_predict_batch=predictor.predict_batch,
+                   served_labels=served_labels, initial=initial_data, width=width)
+
+
+def _sink_and_report(settings, run_dir: Path, say) -> Path:
+    from infra.report import write_report
+    from processors.clickhouse_sink import ClickHouseSink
+
+    say("ClickHouse sink: loading every topic")
+    sink = ClickHouseSink(settings)
+    try:
+        rows = sink.run_until_caught_up(timeout_s=120)
+        say(f"ClickHouse sink caught up ({rows} rows)")
+        path = write_report(settings, run_dir / "report.html", client=sink.client)
+    finally:
+        sink.close()
+    say(f"HTML report written: {path}")
+    return Path(path)
+
+
+# --- printing -------------------------------------------------------------------------------------
+
+def _fmt(v, pct=False) -> str:
+    if v is None:
+        return "-"
+    return f"{100 * v:.1f}%" if pct else str(v)
+
+
+def _seconds(values) -> str:
+    return ", ".join("-" if v is None else f"{v:.1f}" for v in values) if values else "-"
+
+
+def render_summary(result: DemoResult) -> str:
+    s = result.summary
+    lat = s["latency"]
+
+    def lat_line(name):
+        v = lat.get(name)
+        return "-" if not v else f"median {v['median_s']:.1f}s, max {v['max_s']:.1f}s (n={v['count']})"
+
+    rows = [
+        ("events logged (predictions, shadow, feedback)", f"{s['events_logged']} ({s['predictions']}, {s['shadow_predictions']}, {s['feedback_events']})"),
+        ("predictions reviewed", s["reviewed"]),
+        ("triggers by reason", ", ".join(f"{k} {v}" for k, v in s["triggers_by_reason"].items()) or "-"),
+        ("training runs (finished, failed)", f"{s['training_runs']} ({s['training_runs_finished']}, {s['training_runs_failed']})"),
+        ("models registered", s["models_registered"]),
+        ("candidates rejected", f"{s['candidates_rejected']} " + (json.dumps(s["rejected_by_stage"]) if s["rejected_by_stage"] else "")),
+        ("promotions by the policy", s["promotions"]),
+        ("rollbacks", s["rollbacks"]),
+        ("champions in order", " -> ".join(s["champions"]) or "-"),
+        ("drift points (event index)", ", ".join(map(str, result.drift_points)) or "-"),
+        ("accuracy before drift", _fmt(s["accuracy"].get("before_drift"), True)),
+        ("accuracy after drift", _fmt(s["accuracy"].get("after_drift"), True)),
+        ("accuracy after recovery", _fmt(s["accuracy"].get("after_recovery"), True)),
+        ("latency feedback -> trigger", lat_line("feedback_to_trigger")),
+        ("latency trigger -> registered", lat_line("trigger_to_registered")),
+        ("latency registered -> promoted", lat_line("registered_to_promoted")),
+        ("per drift: -> first trigger (s)", _seconds(lat.get("drift_to_first_trigger_s"))),
+        ("per drift: -> first promotion (s)", _seconds(lat.get("drift_to_first_promotion_s"))),
+        ("per drift: -> promotion of the model that recovered (s)", _seconds(lat.get("drift_to_recovering_promotion_s"))),
+        ("dead letters", s["dead_letters"]),
+        ("wall time", f"{result.elapsed_s:.0f}s"),
+    ]
+    width = max(len(r[0]) for r in rows)
+    lines = ["", "ctloop demo summary (from the events on the topics)", "=" * (width + 40)]
+    lines += [f"{name:<{width}}  {value}" for name, value in rows]
+    for r in s.get("rejections", []):
+        lines.append(f"  rejected {r['model_version']} ({r['stage']}): {'; '.join(r['reasons'])[:240]}")
+    if result.comparison is not None:
+        lines += ["", "effectiveness: accuracy of the served model vs. a never-retrained model and a river online learner",
+                  result.comparison.render()]
+    lines.append("")
+    lines.append(f"HTML report: {result.report_path}" if result.report_path else "HTML report: not written")
+    verdict = "yes" if result.ok else "NO"
+    lines.append(f"loop closed {s['promotions']} time(s) for {result.options.drifts} drift(s), "
+                 f"{s['candidates_rejected']} candidate(s) rejected: requirements met: {verdict}")
+    for p in result.problems:
+        lines.append(f"problem: {p}")
+    return "\n".join(lines)

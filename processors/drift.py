@@ -1,0 +1,118 @@
+"""Stage: drift per deployment and feature (processors/drift_detection.py) -> DriftMeasured.
+
+One agent reads predictions (primary role; feature windows) and labeled examples (the error stream
+for ADWIN). A follower folds deployments (drift_threshold) and model-updates: after a ModelPromoted
+the deployment's reference and detectors reset, so the new champion is judged on traffic after its
+promotion. The reference is the deployment's attached base dataset (``attach_dataset_version``,
+numeric columns) when it has one, else the first window of traffic. Window state is in memory: after a restart the first window becomes the reference again.
+Per-deployment aggregation: run this stage in one worker.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from processors.dead_letters import dead_letter, decode_message
+from processors.deployment_view import DeploymentView
+from processors.drift_detection import DeploymentDrift, load_reference
+from processors.follower import LogFollower
+from streams import catalog as ev
+from streams.serde import new_event
+
+log = logging.getLogger(__name__)
+COMPONENT = "processors.drift"
+
+
+def register(app, ctx) -> None:
+    settings, topics, m = ctx.settings, ctx.topics, ctx.metrics
+    view = DeploymentView()
+    detectors: dict[str, DeploymentDrift] = {}
+    promoted: list[str] = []   # deployments to reset (filled by the follower thread, drained by the agent)
+    references: dict[str, tuple[str, list, object]] = {}   # deployment -> (dataset uri, features, rows)
+    promoted_since_dataset: set[str] = set()  # a promoted champion is judged against its own first window
+
+    def detector(dep: str) -> DeploymentDrift:
+        d = detectors.get(dep)
+        if d is None:
+            d = detectors[dep] = DeploymentDrift(settings.drift_window_size, settings.drift_psi_threshold,
+                                                 settings.drift_ks_pvalue)
+            ref = references.get(dep)
+            if ref is not None and dep not in promoted_since_dataset:
+                d.set_reference(ref[1], ref[2], "training_data")
+        return d
+
+    def on_log_event(event_type, value, topic):
+        if event_type == ev.DEPLOYMENT_CONFIGURED:
+            view.apply(event_type, value)
+            dep, uri = value["deployment"], value.get("dataset_version")
+            known = references.get(dep)
+            if uri and (known is None or known[0] != uri):
+                try:
+                    features, rows = load_reference(uri)
+                except Exception as exc:  # noqa: BLE001 - a bad dataset must not stop drift on traffic
+                    log.warning("drift: cannot use dataset %s of %s as the reference (%s); the first window is", uri, dep, exc)
+                    return
+                references[dep] = (uri, features, rows)
+                promoted_since_dataset.discard(dep)
+                promoted.append(dep)  # restart the detector on the new reference
+            elif not uri and known is not None:
+                references.pop(dep, None)
+                promoted.append(dep)
+        elif event_type in (ev.MODEL_PROMOTED, ev.MODEL_ROLLED_BACK):
+            if value.get("reason") != "initial model":  # the initial model was trained on the dataset itself
+                promoted_since_dataset.add(value["deployment"])
+            promoted.append(value["deployment"])
+
+    LogFollower(settings, [topics.deployments, topics.model_updates], on_log_event, serde=ctx.serde,
+                name="drift-follower").start()
+
+    share_g = m.gauge("ctloop_drift_share_ratio", "Fraction of features drifting on the last window.", ("deployment",))
+    psi_g = m.gauge("ctloop_drift_psi", "PSI of a feature on the last window.", ("deployment", "feature"))
+    windows = m.counter("ctloop_drift_windows_total", "Drift windows measured.", ("deployment", "detected"))
+    versions: dict[str, str] = {}
+
+    source = app.topic(topics.predictions, topics.labeled_examples, key_type=bytes, value_type=bytes,
+                       key_serializer="raw", value_serializer="raw")
+
+    @app.agent(source, name=COMPONENT)
+    async def measure(stream):
+        async for events in stream.take_events(4000, within=0.05):
+            produced = False
+            while promoted:
+                detectors.pop(promoted.pop(), None)
+            for event in events:
+                decoded = decode_message(ctx, event.message, COMPONENT)
+                if decoded is None:
+                    continue
+                etype, value = decoded
+                dep = value["deployment"]
+                if value["role"] != "primary":
+                    continue
+                if etype == ev.LABELED_EXAMPLE:
+                    detector(dep).add_outcome(bool(value["correct"]))
+                    continue
+                versions[dep] = value["model_version"]
+                try:
+                    result = detector(dep).add(value["features"], int(value["event_time"]))
+                except Exception as exc:  # noqa: BLE001 - a window that cannot be measured must not stop the stage
+                    log.exception("drift: window of %s failed", dep)
+                    dead_letter(ctx, topic=event.message.topic, partition=event.message.partition,
+                                offset=event.message.offset, key=event.message.key, value=event.message.value,
+                                reason=f"drift window failed: {type(exc).__name__}: {exc}",
+                                error_type="processing_error", component=COMPONENT)
+                    detectors.pop(dep, None)
+                    continue
+                if result is None:
+                    continue
+                threshold = float(view.get(dep)["drift_threshold"])
+                detected = threshold > 0 and result["drift_share"] >= threshold
+                record = new_event(ev.DRIFT_MEASURED, deployment=dep, model_version=versions.get(dep, ""),
+                                   drift_threshold=threshold, drift_detected=detected, **result)
+                ctx.producer.produce(topics.drift, ev.DRIFT_MEASURED, record, key=dep)
+                share_g.labels(dep).set(result["drift_share"])
+                for f in result["features"]:
+                    psi_g.labels(dep, f["feature"]).set(f["psi"])
+                windows.labels(dep, str(detected).lower()).inc()
+                produced = True
+            if produced:
+                await asyncio.get_running_loop().run_in_executor(None, ctx.producer.flush)

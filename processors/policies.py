@@ -1,0 +1,403 @@
+"""Pure logic of shadow comparison, promotion and rollback (no Kafka, no faust): unit tests reach it
+directly; ``processors/shadow_comparison.py`` and ``processors/promotion.py`` wire it to streams.
+
+* :class:`PredictionJoin` joins primary predictions, shadow predictions and feedback by prediction id
+  and emits small *outcomes* (plain dicts, JSON-serialisable).
+* :class:`ComparisonAggregator` folds outcomes per (deployment, primary_version, shadow_version) into
+  live metrics and McNemar counts and says when a ShadowComparison is due.
+* :class:`PromotionPolicy` decides promote / reject / wait from a comparison and the deployment settings.
+* :class:`RollbackWatch` watches a freshly promoted champion against the previous champion's live level.
+"""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+
+from scipy.stats import binomtest
+
+METRICS = ("accuracy", "precision", "recall", "f1")
+
+
+# --- statistics -----------------------------------------------------------------------------------
+def mcnemar_pvalue(primary_only: int, shadow_only: int) -> float:
+    """Exact (binomial) McNemar test on the discordant pairs: ``primary_only`` pairs where only the
+    primary was right, ``shadow_only`` where only the shadow was. Two-sided; 1.0 without discordance."""
+    n = primary_only + shadow_only
+    if n == 0:
+        return 1.0
+    return float(binomtest(shadow_only, n, 0.5).pvalue)
+
+
+def classification_metrics(confusion: dict[tuple[str, str], int]) -> dict[str, float]:
+    """accuracy and macro precision / recall / F1 from {(true, predicted): count}. Classes are those
+    seen as a true or predicted label; a class never predicted has precision 0 (likewise recall)."""
+    total = sum(confusion.values())
+    if total == 0:
+        return {m: 0.0 for m in METRICS}
+    classes = sorted({t for t, _ in confusion} | {p for _, p in confusion})
+    correct = sum(c for (t, p), c in confusion.items() if t == p)
+    precisions, recalls, f1s = [], [], []
+    for k in classes:
+        tp = confusion.get((k, k), 0)
+        predicted = sum(c for (_, p), c in confusion.items() if p == k)
+        actual = sum(c for (t, _), c in confusion.items() if t == k)
+        prec = tp / predicted if predicted else 0.0
+        rec = tp / actual if actual else 0.0
+        precisions.append(prec)
+        recalls.append(rec)
+        f1s.append(2 * prec * rec / (prec + rec) if prec + rec else 0.0)
+    n = len(classes)
+    return {"accuracy": correct / total, "precision": sum(precisions) / n, "recall": sum(recalls) / n,
+            "f1": sum(f1s) / n}
+
+
+def percentile(values, q: float) -> float:
+    """Linear-interpolated percentile (q in [0, 100]) of a non-empty sequence; 0.0 when empty."""
+    data = sorted(values)
+    if not data:
+        return 0.0
+    pos = (len(data) - 1) * q / 100.0
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return float(data[lo] + (data[hi] - data[lo]) * (pos - lo))
+
+
+# --- the join -------------------------------------------------------------------------------------
+@dataclass
+class _Joined:
+    primary: dict | None = None      # {deployment, version, label, latency_ms, time, role}
+    shadow: dict | None = None
+    truth: str | None = None         # the true label, once known
+    primary_incorrect: bool = False  # review said "incorrect" without giving the label
+    verdict_correct: bool = False    # review said "correct" before the primary arrived
+    pair_emitted: bool = False
+    labeled_pair_emitted: bool = False
+    primary_emitted: bool = False
+
+
+class PredictionJoin:
+    """Join by prediction id, bounded: the oldest open entries are evicted past ``max_entries``.
+
+    Methods return the outcomes that became complete:
+
+    * ``{"kind": "pair", deployment, primary_version, shadow_version, agree, primary_latency_ms,
+      shadow_latency_ms}`` once a primary and a shadow result are both in;
+    * ``{"kind": "labeled_pair", ..., truth, primary_label, shadow_label}`` once feedback is in too;
+    * ``{"kind": "primary", deployment, version, role, correct, time}`` once a primary (or canary)
+      prediction has feedback (drives live accuracy per version, hence rollback).
+
+    The first usable feedback decides; later corrections of an already counted prediction are ignored.
+    """
+
+    def __init__(self, max_entries: int = 200_000):
+        self.max_entries = max_entries
+        self._entries: OrderedDict[str, _Joined] = OrderedDict()
+        self.evicted = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _entry(self, pid: str) -> _Joined:
+        entry = self._entries.get(pid)
+        if entry is None:
+            entry = self._entries[pid] = _Joined()
+            if len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+                self.evicted += 1
+        return entry
+
+    def on_prediction(self, value: dict) -> list[dict]:
+        entry = self._entry(value["prediction_id"])
+        side = {"deployment": value["deployment"], "version": value["model_version"], "label": value.get("label"),
+                "latency_ms": float(value.get("latency_ms") or 0.0), "time": int(value["event_time"]),
+                "role": value["role"]}
+        if value["role"] == "shadow":
+            if entry.shadow is None:
+                entry.shadow = side
+        elif entry.primary is None:
+            entry.primary = side
+            if entry.verdict_correct and entry.truth is None:
+                entry.truth = side["label"]
+        return self._complete(value["prediction_id"], entry)
+
+    def on_feedback(self, value: dict) -> list[dict]:
+        entry = self._entry(value["prediction_id"])
+        if not (entry.primary_emitted or entry.labeled_pair_emitted):
+            ftype, label = value["feedback_type"], value.get("label")
+            if ftype in ("label", "correction"):
+                entry.truth = label
+            elif value.get("verdict") == "correct":
+                if entry.primary is not None:
+                    entry.truth = entry.primary["label"]
+                else:
+                    entry.verdict_correct = True
+            elif label is not None:  # review "incorrect" with the right label
+                entry.truth = label
+            else:
+                entry.primary_incorrect = True
+        return self._complete(value["prediction_id"], entry)
+
+    def _complete(self, pid: str, e: _Joined) -> list[dict]:
+        out = []
+        p, s = e.primary, e.shadow
+        if p is not None and s is not None and not e.pair_emitted and p["role"] == "primary":
+            e.pair_emitted = True
+            out.append({"kind": "pair", "deployment": p["deployment"], "primary_version": p["version"],
+                        "shadow_version": s["version"], "agree": p["label"] == s["label"],
+                        "primary_latency_ms": p["latency_ms"], "shadow_latency_ms": s["latency_ms"]})
+        if p is not None and s is not None and e.truth is not None and not e.labeled_pair_emitted \
+                and p["role"] == "primary":
+            e.labeled_pair_emitted = True
+            out.append({"kind": "labeled_pair", "deployment": p["deployment"], "primary_version": p["version"],
+                        "shadow_version": s["version"], "truth": e.truth, "primary_label": p["label"],
+                        "shadow_label": s["label"]})
+        if p is not None and not e.primary_emitted and (e.truth is not None or e.primary_incorrect):
+            e.primary_emitted = True
+            correct = False if e.truth is None else p["label"] == e.truth
+            out.append({"kind": "primary", "deployment": p["deployment"], "version": p["version"],
+                        "role": p["role"], "correct": correct, "time": p["time"]})
+        if e.primary_emitted and e.labeled_pair_emitted:  # nothing more can come of it
+            self._entries.pop(pid, None)
+        return out
+
+
+# --- aggregation ----------------------------------------------------------------------------------
+@dataclass
+class PairStats:
+    """Live statistics of one (deployment, primary_version, shadow_version)."""
+
+    deployment: str
+    primary_version: str
+    shadow_version: str
+    paired: int = 0
+    agree: int = 0
+    labeled: int = 0
+    primary_confusion: dict = field(default_factory=dict)
+    shadow_confusion: dict = field(default_factory=dict)
+    primary_only: int = 0   # primary right, shadow wrong
+    shadow_only: int = 0    # shadow right, primary wrong
+    primary_latencies: deque = field(default_factory=lambda: deque(maxlen=2000))
+    shadow_latencies: deque = field(default_factory=lambda: deque(maxlen=2000))
+    labeled_at_last_emit: int = 0
+    paired_at_last_emit: int = 0
+    last_emit_s: float = 0.0
+
+    def add(self, outcome: dict) -> None:
+        if outcome["kind"] == "pair":
+            self.paired += 1
+            self.agree += bool(outcome["agree"])
+            self.primary_latencies.append(float(outcome["primary_latency_ms"]))
+            self.shadow_latencies.append(float(outcome["shadow_latency_ms"]))
+        elif outcome["kind"] == "labeled_pair":
+            self.labeled += 1
+            t, p, s = outcome["truth"], outcome["primary_label"], outcome["shadow_label"]
+            self.primary_confusion[(t, p)] = self.primary_confusion.get((t, p), 0) + 1
+            self.shadow_confusion[(t, s)] = self.shadow_confusion.get((t, s), 0) + 1
+            if p == t and s != t:
+                self.primary_only += 1
+            elif s == t and p != t:
+                self.shadow_only += 1
+
+    def comparison(self) -> dict:
+        """The fields of a ShadowComparison event (without event_id / event_time)."""
+        return {
+            "deployment": self.deployment, "primary_version": self.primary_version,
+            "shadow_version": self.shadow_version, "paired_samples": self.paired, "labeled_samples": self.labeled,
+            "primary_metrics": classification_metrics(self.primary_confusion),
+            "shadow_metrics": classification_metrics(self.shadow_confusion),
+            "agreement_rate": self.agree / self.paired if self.paired else 0.0,
+            "primary_latency_p50_ms": percentile(self.primary_latencies, 50),
+            "primary_latency_p95_ms": percentile(self.primary_latencies, 95),
+            "shadow_latency_p50_ms": percentile(self.shadow_latencies, 50),
+            "shadow_latency_p95_ms": percentile(self.shadow_latencies, 95),
+            "mcnemar_pvalue": mcnemar_pvalue(self.primary_only, self.shadow_only) if self.labeled else None,
+        }
+
+
+class ComparisonAggregator:
+    """Outcomes in, ShadowComparison records out, rate-limited: one every ``every`` new labeled pairs
+    of a version pair, or after ``interval_s`` seconds when something changed (see :meth:`due`)."""
+
+    def __init__(self, every: int = 100, interval_s: float = 10.0):
+        self.every = max(1, int(every))
+        self.interval_s = interval_s
+        self.stats: dict[tuple[str, str, str], PairStats] = {}
+
+    def add(self, outcome: dict, now_s: float) -> list[dict]:
+        """Fold one outcome; returns the comparisons due because of it (0 or 1)."""
+        if outcome["kind"] not in ("pair", "labeled_pair"):
+            return []
+        key = (outcome["deployment"], outcome["primary_version"], outcome["shadow_version"])
+        stats = self.stats.get(key)
+        if stats is None:
+            stats = self.stats[key] = PairStats(*key, last_emit_s=now_s)
+        stats.add(outcome)
+        if stats.labeled - stats.labeled_at_last_emit >= self.every:
+            return [self._emit(stats, now_s)]
+        return []
+
+    def due(self, now_s: float) -> list[dict]:
+        """Comparisons of pairs that changed and were not emitted for ``interval_s`` seconds."""
+        out = []
+        for stats in self.stats.values():
+            changed = stats.labeled != stats.labeled_at_last_emit or stats.paired != stats.paired_at_last_emit
+            if changed and now_s - stats.last_emit_s >= self.interval_s:
+                out.append(self._emit(stats, now_s))
+        return out
+
+    @staticmethod
+    def _emit(stats: PairStats, now_s: float) -> dict:
+        stats.labeled_at_last_emit, stats.paired_at_last_emit, stats.last_emit_s = stats.labeled, stats.paired, now_s
+        return stats.comparison()
+
+
+# --- promotion ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Decision:
+    action: str
+    """"promote" or "reject"."""
+    reason: str
+    evidence: dict[str, str]
+
+
+class PromotionPolicy:
+    """Promote a shadow that beats the primary by ``promotion_threshold`` on ``promotion_metric`` with a
+    McNemar p-value below ``significance_level`` / K, once ``promotion_min_samples`` labeled pairs are in
+    (K = ceil(max_samples_factor): a Bonferroni correction for looking again as samples accumulate).
+    Reject it when it is worse by the threshold with significance, or when it is still not better after
+    ``max_samples_factor`` x min_samples labeled pairs. Otherwise wait (so noise is never promoted)."""
+
+    def __init__(self, max_samples_factor: float = 3.0):
+        self.max_samples_factor = max_samples_factor
+
+    def decide(self, config: dict, comparison: dict) -> Decision | None:
+        if not config.get("continuous_deployment_enabled"):
+            return None
+        min_samples = max(1, int(config.get("promotion_min_samples", 1000)))
+        n = int(comparison["labeled_samples"])
+        if n < min_samples:
+            return None
+        metric = config.get("promotion_metric", "accuracy")
+        threshold = float(config.get("promotion_threshold", 0.05))
+        alpha = float(config.get("significance_level", 0.05))
+        looks = max(1, math.ceil(self.max_samples_factor))
+        alpha_look = alpha / looks  # Bonferroni over the looks at 1x..cap x min_samples: noise is not promoted
+        primary = float(comparison["primary_metrics"].get(metric, 0.0))
+        shadow = float(comparison["shadow_metrics"].get(metric, 0.0))
+        diff = shadow - primary
+        pvalue = comparison.get("mcnemar_pvalue")
+        pvalue = 1.0 if pvalue is None else float(pvalue)
+        evidence = {"metric": metric, "primary": f"{primary:.6f}", "shadow": f"{shadow:.6f}",
+                    "difference": f"{diff:.6f}", "threshold": f"{threshold:g}", "mcnemar_pvalue": f"{pvalue:.6g}",
+                    "significance_level": f"{alpha:g}", "alpha_per_look": f"{alpha_look:.4g}",
+                    "labeled_samples": str(n),
+                    "min_samples": str(min_samples),
+                    "primary_accuracy": f"{float(comparison['primary_metrics'].get('accuracy', 0.0)):.6f}",
+                    "shadow_accuracy": f"{float(comparison['shadow_metrics'].get('accuracy', 0.0)):.6f}"}
+        if diff >= threshold and pvalue < alpha_look:
+            return Decision("promote", f"shadow {metric} {shadow:.4f} beats primary {primary:.4f} by {diff:+.4f} "
+                                       f"(>= {threshold:g}), McNemar p={pvalue:.3g} < {alpha_look:.3g} on {n} labeled pairs",
+                            evidence)
+        if diff <= -threshold and pvalue < alpha_look:
+            return Decision("reject", f"shadow {metric} {shadow:.4f} is worse than primary {primary:.4f} by "
+                                      f"{-diff:.4f} (McNemar p={pvalue:.3g}) on {n} labeled pairs", evidence)
+        cap = int(math.ceil(self.max_samples_factor * min_samples))
+        if n >= cap:
+            return Decision("reject", f"shadow not significantly better after {n} labeled pairs "
+                                      f"(cap {cap}): {metric} difference {diff:+.4f}, McNemar p={pvalue:.3g}", evidence)
+        return None
+
+
+# --- rollback -------------------------------------------------------------------------------------
+@dataclass
+class _Watch:
+    deployment: str
+    version: str
+    previous_version: str
+    since_ms: int
+    baseline: float
+    decided: bool = False
+    checked_windows: int = 0
+
+
+class RollbackWatch:
+    """Live accuracy per (deployment, version) from ``primary`` outcomes, and a watch on each freshly
+    promoted champion: at each complete ``window`` of its labeled predictions made after the promotion
+    (for ``watch_windows`` windows), if its accuracy over the last ``window`` is below the previous champion's live level minus
+    ``rollback_margin`` and a one-sided binomial test against that level has p < significance_level,
+    the watch decides a rollback (once per promotion)."""
+
+    def __init__(self, window: int = 200, watch_windows: int = 5):
+        self.window = max(1, int(window))
+        self.watch_windows = max(1, int(watch_windows))
+        self._outcomes: dict[tuple[str, str], deque] = {}
+        self._history = max(5000, self.window * (self.watch_windows + 1))
+        self.watches: dict[str, _Watch] = {}
+
+    def add_outcome(self, outcome: dict) -> None:
+        if outcome.get("kind") != "primary":
+            return
+        key = (outcome["deployment"], outcome["version"])
+        dq = self._outcomes.get(key)
+        if dq is None:
+            dq = self._outcomes[key] = deque(maxlen=self._history)
+        dq.append((int(outcome["time"]), bool(outcome["correct"])))
+
+    def live_accuracy(self, deployment: str, version: str, *, before_ms: int | None = None,
+                      since_ms: int | None = None) -> tuple[float | None, int]:
+        """(accuracy over the last ``window`` outcomes in the time range, count) ; (None, 0) if none."""
+        rows = [ok for t, ok in self._outcomes.get((deployment, version), ())
+                if (before_ms is None or t < before_ms) and (since_ms is None or t >= since_ms)]
+        rows = rows[-self.window:]
+        if not rows:
+            return None, 0
+        return sum(rows) / len(rows), len(rows)
+
+    def on_promoted(self, deployment: str, version: str, previous_version: str | None, promoted_ms: int,
+                    evidence: dict | None = None, min_baseline_samples: int = 20) -> _Watch | None:
+        """Start watching ``version``. The baseline is the previous champion's live accuracy before
+        the promotion (or the ``primary_accuracy`` evidence of the promotion when too few are known)."""
+        self.watches.pop(deployment, None)
+        if not previous_version or previous_version == version:
+            return None
+        baseline, n = self.live_accuracy(deployment, previous_version, before_ms=promoted_ms)
+        if n < min_baseline_samples:
+            raw = (evidence or {}).get("primary_accuracy")
+            baseline = float(raw) if raw not in (None, "") else (baseline if n else None)
+        if baseline is None:
+            return None
+        watch = self.watches[deployment] = _Watch(deployment, version, previous_version, promoted_ms, baseline)
+        return watch
+
+    def on_rolled_back(self, deployment: str) -> None:
+        self.watches.pop(deployment, None)
+
+    def check(self, deployment: str, config: dict) -> Decision | None:
+        watch = self.watches.get(deployment)
+        if watch is None or watch.decided or not config.get("continuous_deployment_enabled"):
+            return None
+        since = [ok for t, ok in self._outcomes.get((deployment, watch.version), ()) if t >= watch.since_ms]
+        windows = len(since) // self.window
+        if windows <= watch.checked_windows:
+            return None  # judged once per complete window
+        watch.checked_windows = windows
+        if windows > self.watch_windows:
+            self.watches.pop(deployment, None)  # watched long enough: confirmed
+            return None
+        last = since[-self.window:]
+        acc, n = sum(last) / len(last), len(last)
+        margin = float(config.get("rollback_margin", 0.05))
+        alpha = float(config.get("significance_level", 0.05))
+        level = watch.baseline - margin
+        if acc >= level:
+            return None
+        p = float(binomtest(round(acc * n), n, min(max(watch.baseline, 1e-9), 1 - 1e-9), alternative="less").pvalue)
+        if p >= alpha:
+            return None
+        watch.decided = True
+        return Decision("rollback", f"champion {watch.version} live accuracy {acc:.4f} over {n} labeled predictions "
+                                    f"is below previous champion {watch.previous_version}'s {watch.baseline:.4f} "
+                                    f"minus margin {margin:g} (binomial p={p:.3g})",
+                        {"live_accuracy": f"{acc:.6f}", "baseline_accuracy": f"{watch.baseline:.6f}",
+                         "rollback_margin": f"{margin:g}", "window": str(n), "pvalue": f"{p:.6g}",
+                         "to_version": watch.previous_version})

@@ -1,0 +1,117 @@
+"""Training triggers as events: the dataset snapshot (end offsets of every labeled-examples
+partition) and the TrainingTriggered record; shared by the triggers stage and ``ctloop trigger``."""
+from __future__ import annotations
+
+import uuid
+
+from confluent_kafka import Consumer, TopicPartition
+
+from streams import catalog as ev
+from streams.serde import new_event
+from streams.topics import Topics
+
+
+def snapshot_consumer(settings) -> Consumer:
+    return Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": f"ctloop-snapshot-{uuid.uuid4().hex[:8]}",
+                     "enable.auto.commit": False, "log.connection.close": False, "enable.partition.eof": True,
+                     "fetch.wait.max.ms": 10})
+
+
+def labeled_examples_snapshot(settings, consumer: Consumer | None = None, timeout_s: float = 10.0) -> list[dict]:
+    """[{partition, start_offset: 0, end_offset}] of every labeled-examples partition, now.
+    Flush the producer of labeled examples first so the snapshot includes them."""
+    topic = Topics.from_settings(settings).labeled_examples
+    own = consumer is None
+    consumer = consumer or snapshot_consumer(settings)
+    try:
+        md = consumer.list_topics(topic, timeout=timeout_s)
+        t = md.topics.get(topic)
+        if t is None or t.error is not None:
+            raise RuntimeError(f"topic {topic} is not available: {t.error if t else 'missing'}")
+        ends = end_offsets(consumer, topic, sorted(t.partitions), timeout_s)
+        out = [{"partition": p, "start_offset": 0, "end_offset": ends[p]} for p in sorted(ends)]
+        return out
+    finally:
+        if own:
+            consumer.close()
+
+
+def end_offsets(consumer: Consumer, topic: str, partitions: list[int], timeout_s: float = 10.0) -> dict[int, int]:
+    """The end offset (one past the last record) of each partition, as the fetch path reports it.
+
+    ListOffsets(latest) is not enough: the embedded broker (Tansu) answers it with the base offset of
+    the last record batch + 1, short of the real end when a batch holds several records. So we start
+    fetching one below that answer and read to the partition-EOF event, whose high watermark is right.
+    ``consumer`` needs ``enable.partition.eof``."""
+    import time
+
+    from confluent_kafka import KafkaError
+
+    ends: dict[int, int] = {}
+    assign = []
+    for p in partitions:
+        low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s, cached=False)
+        if high <= low:
+            ends[p] = int(high)
+        else:
+            assign.append(TopicPartition(topic, p, max(low, high - 1)))
+    if not assign:
+        return ends
+    consumer.assign(assign)
+    waiting = {tp.partition for tp in assign}
+    deadline = time.monotonic() + timeout_s
+    try:
+        while waiting:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"end offsets of {topic} partitions {sorted(waiting)} not known within {timeout_s}s")
+            msg = consumer.poll(0.05)  # returns at the first record or event (consume() would wait for 1000)
+            if msg is None:
+                continue
+            for msg in (msg,):
+                err = msg.error()
+                if err is not None and err.code() == KafkaError._PARTITION_EOF and msg.partition() in waiting:
+                    waiting.discard(msg.partition())
+                    ends[msg.partition()] = int(msg.offset())
+    finally:
+        consumer.unassign()
+    return ends
+
+
+def trigger_record(settings, deployment: str, reason: str, evidence: dict, snapshot: list[dict], *,
+                   training_mode: str = "full", requested_by: str | None = None) -> dict:
+    return new_event(ev.TRAINING_TRIGGERED, trigger_id=str(uuid.uuid4()), deployment=deployment, reason=reason,
+                     evidence={k: str(v) for k, v in evidence.items()},
+                     snapshot_topic=Topics.from_settings(settings).labeled_examples, snapshot=snapshot,
+                     training_mode=training_mode, requested_by=requested_by)
+
+
+def publish_manual_trigger(settings, deployment: str, *, requested_by: str | None = None,
+                           training_mode: str | None = None, timeout_s: float = 15.0) -> dict:
+    """Publish a manual TrainingTriggered for ``deployment`` (always allowed, whatever the policies);
+    returns the record. Its evidence carries added_to_training from the deployment's latest
+    feedback-loop stats, so reviewed_since_last_training restarts from there."""
+    from streams.consumer import read_to_end
+    from streams.deployments import DeploymentSettingsClient
+    from streams.producer import EventProducer
+    from streams.validation import check_str
+
+    check_str("deployment", deployment)
+    if training_mode not in (None, "full", "finetune"):
+        from streams.validation import InvalidEvent
+
+        raise InvalidEvent("training_mode", f"must be full or finetune, got {training_mode!r}")
+    topics = Topics.from_settings(settings)
+    with EventProducer(settings) as producer:
+        dep_settings = DeploymentSettingsClient(settings, producer=producer).current(deployment)
+        stats = [e.value for e in read_to_end(settings, topics.feedback_stats, timeout_s=timeout_s)
+                 if e.value.get("deployment") == deployment]
+        evidence = {"requested_by": requested_by or ""}
+        if stats:
+            latest = max(stats, key=lambda v: (v["added_to_training"], v["event_time"]))
+            evidence.update(added_to_training=latest["added_to_training"], reviewed=latest["reviewed"])
+        record = trigger_record(settings, deployment, "manual", evidence, labeled_examples_snapshot(settings, timeout_s=timeout_s),
+                                training_mode=training_mode or dep_settings.get("training_mode") or "full",
+                                requested_by=requested_by)
+        producer.produce(topics.triggers, ev.TRAINING_TRIGGERED, record, key=deployment)
+        producer.flush(timeout_s)
+    return record

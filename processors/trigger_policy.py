@@ -1,0 +1,90 @@
+"""When to retrain, as plain logic (no Kafka).
+
+Policies: review_threshold (labeled examples added since the last trigger >= trigger_threshold),
+drift (a DriftMeasured window with drift_detected), performance_decay (processors/performance.py),
+schedule (schedule_seconds since the last trigger), manual (``ctloop trigger``; always allowed).
+Automatic triggers need continuous training enabled, and are held back while the deployment has an
+outstanding trigger (no TrainingRunFinished/Failed for it yet, and younger than trigger_timeout_s) or
+its last trigger is younger than cooldown_seconds: one outstanding trigger per deployment, no storms.
+State is a fold of the triggers and model-lifecycle topics, so a restart rebuilds it.
+"""
+from __future__ import annotations
+
+import threading
+
+
+class TriggerPolicy:
+    def __init__(self, trigger_timeout_s: float):
+        self.timeout_ms = int(trigger_timeout_s * 1000)
+        self._lock = threading.Lock()
+        self.last_trigger_ms: dict[str, int] = {}
+        self.outstanding: dict[str, dict[str, int]] = {}   # deployment -> {trigger_id: emitted ms}
+        self.baseline_added: dict[str, int] = {}            # added_to_training at the last trigger
+        self.first_seen_ms: dict[str, int] = {}
+        self._done: set[str] = set()
+
+    # -- folding the logs ---------------------------------------------------------------------------
+    def on_trigger(self, value: dict) -> None:
+        dep, tid, t = value["deployment"], value["trigger_id"], int(value["event_time"])
+        with self._lock:
+            self.last_trigger_ms[dep] = max(t, self.last_trigger_ms.get(dep, 0))
+            if tid not in self._done:
+                self.outstanding.setdefault(dep, {})[tid] = t
+            added = (value.get("evidence") or {}).get("added_to_training")
+            if added not in (None, ""):
+                self.baseline_added[dep] = int(float(added))
+
+    def on_run_done(self, deployment: str, trigger_id: str) -> None:
+        with self._lock:
+            self._done.add(trigger_id)
+            self.outstanding.get(deployment, {}).pop(trigger_id, None)
+
+    def seen(self, deployment: str, now_ms: int) -> None:
+        self.first_seen_ms.setdefault(deployment, now_ms)
+
+    # -- deciding -----------------------------------------------------------------------------------
+    def blocked(self, deployment: str, cooldown_s: float, now_ms: int) -> str | None:
+        """Why an automatic trigger may not fire now (None: it may)."""
+        with self._lock:
+            live = {tid: t for tid, t in self.outstanding.get(deployment, {}).items() if now_ms - t < self.timeout_ms}
+            if live:
+                return "outstanding"
+            last = self.last_trigger_ms.get(deployment)
+            if last is not None and now_ms - last < cooldown_s * 1000:
+                return "cooldown"
+        return None
+
+    def reserve(self, deployment: str, trigger_id: str, now_ms: int, added_to_training: int | None) -> None:
+        """Record a trigger being emitted (before any await, so concurrent checks see it)."""
+        self.on_trigger({"deployment": deployment, "trigger_id": trigger_id, "event_time": now_ms,
+                         "evidence": {} if added_to_training is None else {"added_to_training": added_to_training}})
+
+    def review(self, deployment: str, stats: dict, dep_settings: dict) -> dict | None:
+        threshold = int(dep_settings.get("trigger_threshold") or 0)
+        if threshold <= 0:
+            return None
+        since = stats["added_to_training"] - self.baseline_added.get(deployment, 0)
+        if since < threshold:
+            return None
+        return {"reviewed_since_last_training": since, "trigger_threshold": threshold,
+                "reviewed": stats["reviewed"], "added_to_training": stats["added_to_training"]}
+
+    @staticmethod
+    def drift(drift: dict, dep_settings: dict) -> dict | None:
+        if not drift.get("drift_detected"):
+            return None
+        drifting = [f["feature"] for f in drift["features"] if f["drifted"]]
+        return {"drift_share": f"{drift['drift_share']:.4f}", "drift_threshold": f"{drift['drift_threshold']:g}",
+                "drifting_features": ",".join(drifting), "window_size": drift["window_size"],
+                "window_end": drift["window_end"],
+                "max_psi": f"{max((f['psi'] for f in drift['features']), default=0.0):.4f}"}
+
+    def schedule(self, deployment: str, dep_settings: dict, now_ms: int) -> dict | None:
+        every = int(dep_settings.get("schedule_seconds") or 0)
+        if every <= 0:
+            return None
+        with self._lock:
+            since_ms = self.last_trigger_ms.get(deployment) or self.first_seen_ms.get(deployment)
+        if since_ms is None or now_ms - since_ms < every * 1000:
+            return None
+        return {"schedule_seconds": every, "seconds_since_last_trigger": (now_ms - since_ms) // 1000}

@@ -1,0 +1,197 @@
+"""Stage: retraining triggers (review threshold, drift, performance decay, schedule).
+
+One agent reads feedback-stats, drift and labeled-examples; a follower folds deployments, triggers
+(own and manual ones), model-lifecycle (runs done, champion metrics) and model-updates (promotions
+reset the performance baseline). Decisions are in processors/trigger_policy.py and
+processors/performance.py. A trigger carries the dataset snapshot: the end offsets of every
+labeled-examples partition, taken after flushing this process's producer.
+
+Per-deployment aggregation: run this stage in one worker (the default ``ctloop process``).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+
+from processors.dead_letters import decode_message
+from processors.deployment_view import DeploymentView
+from processors.follower import LogFollower
+from processors.performance import PerformanceTracker
+from processors.snapshot import labeled_examples_snapshot, snapshot_consumer, trigger_record
+from processors.trigger_policy import TriggerPolicy
+from streams import catalog as ev
+from streams.serde import now_ms
+
+log = logging.getLogger(__name__)
+COMPONENT = "processors.triggers"
+
+
+def register(app, ctx) -> None:
+    settings, topics, m = ctx.settings, ctx.topics, ctx.metrics
+    view = DeploymentView()
+    policy = TriggerPolicy(settings.trigger_timeout_s)
+    perf: dict[str, PerformanceTracker] = {}
+    champion_metrics: dict[tuple[str, str], dict] = {}
+    latest_stats: dict[str, dict] = {}
+    lock = threading.Lock()
+
+    def tracker(dep: str) -> PerformanceTracker:
+        t = perf.get(dep)
+        if t is None:
+            t = perf[dep] = PerformanceTracker(settings.performance_window)
+        return t
+
+    outstanding_g = m.gauge("ctloop_triggers_outstanding", "Triggers without a finished/failed run yet.", ("deployment",))
+
+    def on_log_event(event_type, value, topic):
+        dep = value.get("deployment")
+        if event_type in (ev.TRAINING_TRIGGERED, ev.TRAINING_RUN_FINISHED, ev.TRAINING_RUN_FAILED):
+            try:
+                _update_policy(event_type, value, dep)
+            finally:
+                outstanding_g.labels(dep).set(len(policy.outstanding.get(dep, {})))
+            return
+        _update_state(event_type, value, dep)
+
+    def _update_policy(event_type, value, dep):
+        if event_type == ev.TRAINING_TRIGGERED:
+            policy.on_trigger(value)
+        else:
+            policy.on_run_done(dep, value["trigger_id"])
+
+    def _update_state(event_type, value, dep):
+        if event_type == ev.DEPLOYMENT_CONFIGURED:
+            view.apply(event_type, value)
+            policy.seen(dep, int(value["event_time"]))
+        elif event_type == ev.MODEL_REGISTERED:
+            champion_metrics[(dep, value["model_version"])] = dict(value.get("metrics") or {})
+            if value.get("alias") == "champion":
+                with lock:
+                    tracker(dep).set_champion(value["model_version"], value["metrics"].get("accuracy"))
+        elif event_type == ev.MODEL_PROMOTED:
+            metrics = champion_metrics.get((dep, value["model_version"]), {})
+            with lock:
+                tracker(dep).set_champion(value["model_version"], metrics.get("accuracy"))
+        elif event_type == ev.MODEL_ROLLED_BACK:
+            metrics = champion_metrics.get((dep, value["to_version"]), {})
+            with lock:
+                tracker(dep).set_champion(value["to_version"], metrics.get("accuracy"))
+
+    LogFollower(settings, [topics.deployments, topics.triggers, topics.model_lifecycle, topics.model_updates],
+                on_log_event, serde=ctx.serde, name="triggers-follower").start()
+
+    emitted = m.counter("ctloop_triggers_emitted_total", "Training triggers emitted.", ("deployment", "reason"))
+    held = m.counter("ctloop_triggers_held_back_total",
+                     "Triggers a policy wanted but that were held back (outstanding trigger, cooldown, disabled).",
+                     ("deployment", "reason", "why"))
+    latency = m.histogram("ctloop_triggers_snapshot_seconds", "Time to flush outputs and take the dataset snapshot.")
+    rolling = m.gauge("ctloop_performance_rolling_accuracy", "Rolling accuracy of the live primary model.", ("deployment",))
+    rolling_p = m.gauge("ctloop_performance_rolling_precision", "Rolling macro precision of the live model.", ("deployment",))
+    rolling_r = m.gauge("ctloop_performance_rolling_recall", "Rolling macro recall of the live model.", ("deployment",))
+    baseline_g = m.gauge("ctloop_performance_baseline_accuracy", "Accuracy the live model is judged against.", ("deployment",))
+    consumer = snapshot_consumer(settings)
+
+    async def fire(dep: str, reason: str, evidence: dict) -> bool:
+        s = view.get(dep)
+        if not s["continuous_training_enabled"]:
+            held.labels(dep, reason, "disabled").inc()
+            return False
+        now = now_ms()
+        why = policy.blocked(dep, s["cooldown_seconds"], now)
+        if why:
+            held.labels(dep, reason, why).inc()
+            return False
+        stats = latest_stats.get(dep)
+        added = stats["added_to_training"] if stats else None
+        if added is not None:
+            evidence.setdefault("added_to_training", added)
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        await loop.run_in_executor(None, ctx.producer.flush)
+        snapshot = await loop.run_in_executor(None, labeled_examples_snapshot, settings, consumer)
+        record = trigger_record(settings, dep, reason, evidence, snapshot, training_mode=s["training_mode"])
+        policy.reserve(dep, record["trigger_id"], now, added)
+        outstanding_g.labels(dep).set(len(policy.outstanding.get(dep, {})))
+        latency.observe(time.perf_counter() - started)
+        ctx.producer.produce(topics.triggers, ev.TRAINING_TRIGGERED, record, key=dep)
+        await loop.run_in_executor(None, ctx.producer.flush)
+        emitted.labels(dep, reason).inc()
+        log.info("trigger %s for %s: %s %s", record["trigger_id"], dep, reason, record["evidence"])
+        return True
+
+    firing = set()
+
+    async def try_fire(dep: str, reason: str, evidence: dict | None) -> None:
+        if evidence is None or dep in firing:
+            return
+        firing.add(dep)  # one trigger decision per deployment at a time
+        try:
+            await fire(dep, reason, evidence)
+        except Exception:  # noqa: BLE001 - e.g. the snapshot timed out: the condition is checked again later
+            log.exception("trigger %s for %s failed", reason, dep)
+        finally:
+            firing.discard(dep)
+
+    source = app.topic(topics.feedback_stats, topics.drift, topics.labeled_examples, key_type=bytes, value_type=bytes,
+                       key_serializer="raw", value_serializer="raw")
+
+    @app.agent(source, name=COMPONENT)
+    async def decide(stream):
+        async for events in stream.take_events(2000, within=0.005):   # decisions: small batches, low latency
+            wanted: dict[str, tuple[str, dict]] = {}
+            touched = set()
+            for event in events:
+                decoded = decode_message(ctx, event.message, COMPONENT)
+                if decoded is None:
+                    continue
+                etype, value = decoded
+                dep = value["deployment"]
+                s = view.get(dep)
+                if etype == ev.FEEDBACK_LOOP_STATS:
+                    latest_stats[dep] = value
+                    evidence = policy.review(dep, value, s)
+                    if evidence:
+                        wanted.setdefault(dep, ("review_threshold", evidence))
+                elif etype == ev.DRIFT_MEASURED:
+                    evidence = policy.drift(value, s)
+                    if evidence:
+                        wanted.setdefault(dep, ("drift", evidence))
+                elif etype == ev.LABELED_EXAMPLE and value["role"] == "primary":
+                    with lock:
+                        tracker(dep).add(value["label"], value.get("predicted_label"), value["model_version"])
+                    touched.add(dep)
+            for dep in touched:
+                with lock:
+                    t = tracker(dep)
+                    metrics = t.metrics()
+                    evidence = t.decay(float(view.get(dep)["performance_decay_threshold"]))
+                    baseline = t.baseline
+                if metrics:
+                    rolling.labels(dep).set(metrics["accuracy"])
+                    rolling_p.labels(dep).set(metrics["precision"])
+                    rolling_r.labels(dep).set(metrics["recall"])
+                if baseline is not None:
+                    baseline_g.labels(dep).set(baseline)
+                if evidence:
+                    wanted.setdefault(dep, ("performance_decay", evidence))
+            for dep, (reason, evidence) in wanted.items():
+                await try_fire(dep, reason, evidence)
+
+    @app.timer(0.5)
+    async def scheduled():
+        """Schedules, and policies that were held back (outstanding trigger, cooldown) and still hold
+        on the latest figures: they fire once the run finished or the cooldown passed."""
+        now = now_ms()
+        for dep, s in view.known().items():
+            if not s["continuous_training_enabled"]:
+                continue
+            stats = latest_stats.get(dep)
+            if stats is not None and policy.blocked(dep, s["cooldown_seconds"], now) is None:
+                await try_fire(dep, "review_threshold", policy.review(dep, stats, s))
+                with lock:
+                    evidence = tracker(dep).decay(float(s["performance_decay_threshold"]))
+                await try_fire(dep, "performance_decay", evidence)
+            if s["schedule_seconds"] > 0:
+                await try_fire(dep, "schedule", policy.schedule(dep, s, now))

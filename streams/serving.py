@@ -1,0 +1,463 @@
+"""The serving SDK: what an app uses to serve a deployment's model.
+
+>>> with Deployment(settings, "fraud") as dep:                        # doctest: +SKIP
+...     dep.start(timeout_s=30)
+...     p = dep.predict({"amount": 12.5, "age": 41})
+...     p.label, p.model_version, p.prediction_id
+
+* ``start()`` folds the model registry (model-lifecycle + model-updates) and the deployment settings
+  (deployments) from the beginning, loads the champion and the configured shadow, and keeps following
+  those topics in a background thread (its own group-less consumer, no commits).
+* ``predict()`` runs the primary on the calling thread and logs it through the SDK; when a shadow is
+  set, the same input is queued (bounded; dropped and counted when full, never blocking) for one
+  background thread that runs the shadow and logs it with the same prediction id and role shadow.
+  With ``canary_fraction`` > 0 that fraction of requests (deterministic by a hash of the prediction id)
+  is served by the candidate instead, with role canary.
+* Hot swap: new predictors are built in the follower thread, then one reference is replaced; a
+  request reads that reference once, so it finishes on the models it started with.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+import uuid
+import zlib
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+from streams import catalog as ev
+from streams.consumer import Event
+from streams.serde import DecodeError, Serde
+from streams.topics import Topics
+from streams.validation import InvalidEvent, check_features
+
+log = logging.getLogger(__name__)
+
+
+class NoChampionError(RuntimeError):
+    """The deployment has no champion model (nothing registered yet, or it could not be loaded)."""
+
+
+# --- following topics -----------------------------------------------------------------------------
+class TopicFollower:
+    """Read ``topics`` from the beginning and keep following them, in a daemon thread, without a
+    consumer group (nothing committed; every follower sees everything). ``on_event(event)`` is called
+    for each decoded event and ``on_batch()`` after each batch, both in the follower thread.
+    ``caught_up`` is set once every partition reached the end offset it had at start."""
+
+    def __init__(self, settings, topics: Iterable[str], on_event: Callable[[Event], None], *,
+                 on_batch: Callable[[], None] | None = None, serde: Serde | None = None, name: str = "follower",
+                 poll_timeout_s: float = 0.1):
+        self.settings = settings
+        self.topics = list(topics)
+        self.on_event = on_event
+        self.on_batch = on_batch
+        self.serde = serde or Serde.from_settings(settings)
+        self.name = name
+        self.poll_timeout_s = poll_timeout_s
+        self.caught_up = threading.Event()
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.events = 0
+
+    def start(self) -> "TopicFollower":
+        self._thread = threading.Thread(target=self._run, name=f"ctloop-{self.name}", daemon=True)
+        self._thread.start()
+        return self
+
+    def wait_caught_up(self, timeout_s: float) -> None:
+        if not self.caught_up.wait(timeout_s):
+            raise TimeoutError(f"{self.name}: did not catch up with {self.topics} within {timeout_s}s"
+                               + (f" ({self.error})" if self.error else ""))
+
+    def _assign(self, consumer: Consumer, assigned: dict, ends: dict) -> None:
+        md = consumer.list_topics(timeout=5)
+        new = []
+        for topic in self.topics:
+            t = md.topics.get(topic)
+            if t is None or t.error is not None:
+                continue
+            for p in t.partitions:
+                if (topic, p) in assigned:
+                    continue
+                _low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=5)
+                assigned[(topic, p)] = True
+                if high > 0 and not self.caught_up.is_set():
+                    ends[(topic, p)] = high
+                new.append(TopicPartition(topic, p, OFFSET_BEGINNING))
+        if new:
+            consumer.incremental_assign(new)
+
+    def _run(self) -> None:
+        consumer = Consumer({"bootstrap.servers": self.settings.bootstrap_servers,
+                             "group.id": f"ctloop-follower-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False,
+                             "enable.partition.eof": False, "topic.metadata.refresh.interval.ms": 2000,
+                             "fetch.wait.max.ms": 100,  # small, rarely written topics: see changes quickly
+                             "log.connection.close": False})
+        assigned: dict = {}
+        ends: dict = {}
+        try:
+            self._assign(consumer, assigned, ends)
+            last_assign = time.monotonic()
+            if not ends:
+                self.caught_up.set()
+            while not self._stop.is_set():
+                if len({t for t, _p in assigned}) < len(self.topics) and time.monotonic() - last_assign > 1.0:
+                    self._assign(consumer, assigned, ends)  # a topic created after we started
+                    last_assign = time.monotonic()
+                msgs = consumer.consume(500, self.poll_timeout_s)
+                for msg in msgs:
+                    if msg.error():
+                        continue
+                    key = (msg.topic(), msg.partition())
+                    if key in ends and msg.offset() + 1 >= ends[key]:
+                        del ends[key]
+                    try:
+                        decoded = self.serde.decode(msg.value())
+                    except DecodeError as exc:
+                        log.warning("%s: skipping undecodable record %s@%d: %s", self.name, key, msg.offset(), exc)
+                        continue
+                    self.events += 1
+                    try:
+                        self.on_event(Event(decoded.event_type, decoded.value, msg.topic(), msg.partition(),
+                                            msg.offset(), msg.key(), msg.timestamp()[1]))
+                    except Exception:  # noqa: BLE001 - one bad event must not stop the follower
+                        log.exception("%s: handler failed on %s@%d", self.name, key, msg.offset())
+                if not ends and not self.caught_up.is_set():
+                    self._batch()
+                    self.caught_up.set()
+                elif msgs:
+                    self._batch()
+        except BaseException as exc:  # noqa: BLE001 - reported through wait_caught_up / error
+            self.error = exc
+            log.exception("%s: follower stopped", self.name)
+        finally:
+            consumer.close()
+
+    def _batch(self) -> None:
+        if self.on_batch is not None:
+            try:
+                self.on_batch()
+            except Exception:  # noqa: BLE001
+                log.exception("%s: batch handler failed", self.name)
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+
+# --- serving --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Prediction:
+    prediction_id: str
+    label: str
+    probabilities: dict
+    model_version: str
+    role: str
+    """primary or canary."""
+    latency_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class _Served:
+    """What is served right now; replaced as a whole (one reference) on every change."""
+
+    primary: object            # Predictor
+    primary_name: str
+    candidate: object | None   # Predictor of the shadow / canary version
+    candidate_name: str
+    canary_fraction: float
+
+
+def canary_bucket(prediction_id: str) -> float:
+    """A deterministic number in [0, 1) from a prediction id (routes canary traffic)."""
+    return zlib.crc32(prediction_id.encode()) / 4294967296.0
+
+
+class Deployment:
+    """Serve one deployment: champion (+ shadow or canary candidate), hot-swapped on model updates."""
+
+    def __init__(self, settings, deployment: str, *, client=None, metrics=None, device: str = "cpu",
+                 shadow_queue_size: int | None = None):
+        if not isinstance(deployment, str) or not deployment:
+            raise InvalidEvent("deployment", "must be a non-empty string")
+        from streams.sdk import CtloopClient
+        from trainers.artifacts import ArtifactStore
+        from trainers.registry import ModelRegistry
+
+        self.settings = settings
+        self.deployment = deployment
+        self.topics = Topics.from_settings(settings)
+        self._owns_client = client is None
+        self.client = client or CtloopClient(settings)
+        self.store = ArtifactStore(settings.resolved_artifact_store)
+        self.device = device
+        self.registry = ModelRegistry()
+        self.config: dict | None = None
+        self._pending: list[Event] = []          # updates naming a version not registered yet
+        self._predictors: dict[str, object] = {}  # version -> Predictor (loaded ones)
+        self._served: _Served | None = None
+        self._swap_lock = threading.Lock()
+        self._changed = threading.Condition()
+        self.swaps = 0
+        self.load_errors = 0
+        self.shadow_dropped = 0
+        self.shadow_logged = 0
+        self.shadow_errors = 0
+        size = shadow_queue_size or getattr(settings, "serving_shadow_queue_size", 1000)
+        self._shadow_queue: queue.Queue = queue.Queue(maxsize=size)
+        self.shadow_batch_size = 32
+        self._stop = threading.Event()
+        self._shadow_thread: threading.Thread | None = None
+        self._follower: TopicFollower | None = None
+        self._initial: list[Event] | None = None  # events read before catching up, folded in time order
+        self._metrics(metrics)
+
+    def _metrics(self, metrics) -> None:
+        self._m_predictions = self._m_latency = self._m_dropped = self._m_swaps = None
+        if metrics is None:
+            return
+        self._m_predictions = metrics.counter("ctloop_serving_predictions_total", "Predictions served.",
+                                              ("deployment", "role"))
+        self._m_latency = metrics.histogram("ctloop_serving_predict_latency_seconds",
+                                            "predict() latency on the request path.", ("deployment",),
+                                            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1))
+        self._m_dropped = metrics.counter("ctloop_serving_shadow_dropped_total",
+                                          "Shadow inferences dropped because the shadow queue was full.",
+                                          ("deployment",))
+        self._m_swaps = metrics.counter("ctloop_serving_model_swaps_total", "Hot swaps of the served models.",
+                                        ("deployment",))
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def start(self, timeout_s: float = 30.0) -> "Deployment":
+        """Fold the registry and settings, load the champion (waiting up to ``timeout_s`` for one to
+        be registered) and start following updates."""
+        if self._follower is not None:
+            return self
+        self._stop.clear()
+        self._shadow_thread = threading.Thread(target=self._shadow_loop, name=f"ctloop-shadow-{self.deployment}",
+                                               daemon=True)
+        self._shadow_thread.start()
+        self._follower = TopicFollower(
+            self.settings, [self.topics.model_lifecycle, self.topics.model_updates, self.topics.deployments],
+            self._on_event, on_batch=self._reconcile, serde=self.client.serde, name=f"serving-{self.deployment}")
+        self._initial: list[Event] | None = []
+        self._follower.start()
+        deadline = time.monotonic() + timeout_s
+        self._follower.wait_caught_up(timeout_s)
+        with self._changed:
+            while self._served is None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise NoChampionError(f"deployment {self.deployment!r}: no champion model could be loaded within "
+                                          f"{timeout_s}s (is a model registered? load errors: {self.load_errors})")
+                self._changed.wait(min(remaining, 0.5))
+        return self
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Stop following, let the shadow thread finish what is queued (up to ``timeout_s``), flush."""
+        if self._follower is not None:
+            self._follower.stop(timeout_s)
+            self._follower = None
+        deadline = time.monotonic() + timeout_s
+        while not self._shadow_queue.empty() and time.monotonic() < deadline:
+            time.sleep(0.01)  # polling a condition with a deadline
+        self._stop.set()
+        if self._shadow_thread is not None:
+            self._shadow_thread.join(timeout_s)
+            self._shadow_thread = None
+        if self._owns_client:
+            self.client.close()
+        else:
+            self.client.flush()
+
+    def __enter__(self) -> "Deployment":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- state ----------------------------------------------------------------------------------
+    @property
+    def primary_version(self) -> str | None:
+        served = self._served
+        return served.primary.version if served else None
+
+    @property
+    def shadow_version(self) -> str | None:
+        served = self._served
+        return served.candidate.version if served and served.candidate is not None else None
+
+    @property
+    def canary_fraction(self) -> float:
+        served = self._served
+        return served.canary_fraction if served else 0.0
+
+    def wait_for(self, condition: Callable[["Deployment"], bool], timeout_s: float) -> None:
+        """Wait until ``condition(self)`` holds (checked on every model change)."""
+        deadline = time.monotonic() + timeout_s
+        with self._changed:
+            while not condition(self):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"deployment {self.deployment!r}: condition not met within {timeout_s}s "
+                                       f"(primary {self.primary_version}, shadow {self.shadow_version})")
+                self._changed.wait(min(remaining, 0.2))
+
+    # -- following (follower thread) ------------------------------------------------------------
+    def _on_event(self, event: Event) -> None:
+        value = event.value
+        if value.get("deployment") != self.deployment:
+            return
+        if self._initial is not None and not self._follower.caught_up.is_set():
+            self._initial.append(event)  # folded in time order once caught up
+            return
+        self._apply(event)
+
+    def _apply(self, event: Event) -> None:
+        if event.event_type == ev.DEPLOYMENT_CONFIGURED:
+            if self.config is None or event.value["revision"] >= self.config["revision"]:
+                self.config = event.value
+            return
+        value = event.value
+        needed = {ev.MODEL_PROMOTED: value.get("model_version"), ev.MODEL_ROLLED_BACK: value.get("to_version")}
+        version = needed.get(event.event_type)
+        if version is not None and self.registry.get(self.deployment, version) is None:
+            self._pending.append(event)  # the registration is further on in model-lifecycle
+            return
+        self.registry.apply(event.event_type, value)
+        if event.event_type == ev.MODEL_REGISTERED and self._pending:
+            pending, self._pending = self._pending, []
+            for e in pending:
+                self._apply(e)
+
+    def _reconcile(self) -> None:
+        if self._initial is not None:
+            initial, self._initial = self._initial, None
+            lifecycle = [e for e in initial if e.topic == self.topics.model_lifecycle]
+            rest = [e for e in initial if e.topic != self.topics.model_lifecycle]
+            for e in lifecycle:
+                self._apply(e)
+            for e in sorted(rest, key=lambda e: (e.timestamp_ms, e.offset)):
+                self._apply(e)
+        champion = self.registry.champion(self.deployment)
+        if champion is None:
+            return
+        config = self.config or {}
+        candidate_version = config.get("shadow_model_version")
+        if candidate_version == champion.version:
+            candidate_version = None
+        fraction = float(config.get("canary_fraction") or 0.0) if candidate_version else 0.0
+        current = self._served
+        if current is not None and current.primary.version == champion.version \
+                and (current.candidate.version if current.candidate else None) == candidate_version \
+                and current.canary_fraction == fraction:
+            return
+        primary = self._load(champion)
+        if primary is None:
+            return
+        candidate = None
+        if candidate_version:
+            mv = self.registry.get(self.deployment, candidate_version)
+            candidate = self._load(mv) if mv is not None else None
+            if candidate is None:
+                fraction = 0.0
+        served = _Served(primary, champion.model_name, candidate,
+                         self.registry.get(self.deployment, candidate.version).model_name if candidate else "",
+                         fraction)
+        with self._changed:
+            self._served = served  # the swap: one reference
+            self.swaps += 1
+            self._changed.notify_all()
+        if self._m_swaps is not None:
+            self._m_swaps.labels(self.deployment).inc()
+        log.info("serving %s: primary %s, %s %s (canary fraction %.2f)", self.deployment, primary.version,
+                 "candidate", candidate.version if candidate else None, fraction)
+        keep = {primary.version} | ({candidate.version} if candidate else set())
+        for version in [v for v in self._predictors if v not in keep]:
+            self._predictors.pop(version)
+
+    def _load(self, mv):
+        predictor = self._predictors.get(mv.version)
+        if predictor is not None:
+            return predictor
+        from trainers.models import load_predictor
+
+        try:
+            predictor = load_predictor(mv, self.store, device=self.device)
+        except Exception as exc:  # noqa: BLE001 - keep serving what we have
+            self.load_errors += 1
+            log.error("serving %s: cannot load version %s (%s: %s); keeping the current models",
+                      self.deployment, mv.version, type(exc).__name__, exc)
+            return None
+        self._predictors[mv.version] = predictor
+        return predictor
+
+    # -- the request path -----------------------------------------------------------------------
+    def predict(self, features: dict) -> Prediction:
+        """Serve one request: the primary (or canary) result, logged; the shadow runs off this path."""
+        served = self._served  # read once: this request finishes on these models
+        if served is None:
+            raise NoChampionError(f"deployment {self.deployment!r} has no model loaded (call start())")
+        check_features(features)
+        prediction_id = str(uuid.uuid4())
+        if served.candidate is not None and served.canary_fraction > 0 \
+                and canary_bucket(prediction_id) < served.canary_fraction:
+            model, name, role = served.candidate, served.candidate_name, "canary"
+        else:
+            model, name, role = served.primary, served.primary_name, "primary"
+        start = time.perf_counter()
+        label, probabilities = model.predict(features)
+        latency_ms = (time.perf_counter() - start) * 1000.0
+        self.client.log_prediction(self.deployment, features, label=label, probabilities=probabilities,
+                                   model_version=model.version, model_name=name, role=role,
+                                   prediction_id=prediction_id, latency_ms=latency_ms)
+        if role == "primary" and served.candidate is not None:
+            try:
+                self._shadow_queue.put_nowait((prediction_id, features, served.candidate, served.candidate_name))
+            except queue.Full:
+                self.shadow_dropped += 1
+                if self._m_dropped is not None:
+                    self._m_dropped.labels(self.deployment).inc()
+        if self._m_predictions is not None:
+            self._m_predictions.labels(self.deployment, role).inc()
+            self._m_latency.labels(self.deployment).observe((time.perf_counter() - start))
+        return Prediction(prediction_id, label, probabilities, model.version, role, latency_ms)
+
+    def _shadow_loop(self) -> None:
+        """Run queued shadow inferences in batches (one model call per batch and model): the less
+        Python this thread runs per request, the less it competes with request threads for the GIL."""
+        while not self._stop.is_set():
+            try:
+                batch = [self._shadow_queue.get(timeout=0.1)]
+            except queue.Empty:
+                continue
+            while len(batch) < self.shadow_batch_size:
+                try:
+                    batch.append(self._shadow_queue.get_nowait())
+                except queue.Empty:
+                    break
+            by_model: dict[int, list] = {}
+            for item in batch:
+                by_model.setdefault(id(item[2]), []).append(item)
+            for items in by_model.values():
+                model, name = items[0][2], items[0][3]
+                try:
+                    start = time.perf_counter()
+                    outputs = model.predict_batch([item[1] for item in items])
+                    latency_ms = (time.perf_counter() - start) * 1000.0 / len(items)
+                    for (prediction_id, features, _m, _n), (label, probabilities) in zip(items, outputs):
+                        self.client.log_prediction(self.deployment, features, label=label, probabilities=probabilities,
+                                                   model_version=model.version, model_name=name, role="shadow",
+                                                   prediction_id=prediction_id, latency_ms=latency_ms)
+                        self.shadow_logged += 1
+                        time.sleep(0)  # yield the GIL to waiting request threads (bounds their wait to one item)
+                except Exception:  # noqa: BLE001 - the shadow never hurts serving
+                    self.shadow_errors += len(items)
+                    log.exception("serving %s: shadow inference failed", self.deployment)

@@ -1,0 +1,1 @@
+"""Test helpers shared by the test files (subprocess workers, waiting on conditions)."""

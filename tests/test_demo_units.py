@@ -1,0 +1,259 @@
+"""Unit tests of the demo's simulation, accuracy maths, summary fold and benchmark runner (no Kafka)."""
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+
+from infra.demo.effectiveness import (Window, accuracy, compare, online_learner, phase_windows, rolling_accuracy,
+                                      summarise_kinds, window_accuracies)
+from infra.demo.stream import CLASSES, FEATURE_NAMES, DriftingStream, Reviewers, training_data
+from infra.demo.summary import LoopEvents, summarise
+from streams import catalog as ev
+
+
+# --- the simulated stream ------------------------------------------------------------------------
+
+def test_stream_is_deterministic_numeric_and_drifts_at_known_points():
+    a = DriftingStream.samples(600, [200, 400], seed=3)
+    b = DriftingStream.samples(600, [200, 400], seed=3)
+    assert [(s.features, s.label) for s in a] == [(s.features, s.label) for s in b]
+    assert DriftingStream.samples(50, seed=4)[0].features != a[0].features
+    assert [s.index for s in a] == list(range(600))
+    assert [s.concept for s in a[199:202]] == [0, 1, 1] and a[399].concept == 1 and a[400].concept == 2
+    for s in a:
+        assert set(s.features) == set(FEATURE_NAMES)
+        assert all(isinstance(v, float) for v in s.features.values())
+        assert s.label in CLASSES
+
+
+def test_drift_moves_the_features_and_is_recorded():
+    stream = DriftingStream(seed=1)
+    before = stream.take(400)
+    assert stream.drift() == 400
+    after = stream.take(400)
+    assert stream.drift_points == [400]
+    mean = lambda xs, f: sum(s.features[f] for s in xs) / len(xs)  # noqa: E731
+    assert mean(after, "x0") - mean(before, "x0") > 0.4  # concept B is shifted by +0.6 on even features
+    assert mean(before, "x1") - mean(after, "x1") > 0.4
+    stream.drift()
+    with pytest.raises(ValueError, match="no concept left"):
+        stream.drift()
+
+
+def test_schedule_is_checked():
+    with pytest.raises(ValueError, match="drift_points"):
+        DriftingStream.samples(100, [0])
+    with pytest.raises(ValueError, match="drift_points"):
+        DriftingStream.samples(100, [10, 20, 30])
+
+
+def test_a_frozen_rule_breaks_after_drift():
+    """The old concept's labels do not carry over: a 1-NN on concept A is good on A, poor on B and C."""
+    xa, ya = training_data(400, seed=5)
+    samples = DriftingStream.samples(900, [300, 600], seed=6)
+
+    def nn(f):
+        best = min(range(len(xa)), key=lambda i: sum((xa[i][k] - f[k]) ** 2 for k in FEATURE_NAMES))
+        return ya[best]
+
+    correct = [nn(s.features) == s.label for s in samples]
+    assert accuracy(correct, 0, 300) > 0.8
+    assert accuracy(correct, 300, 600) < 0.7
+    assert accuracy(correct, 600, 900) < 0.7
+
+
+def test_reviewers_label_a_fraction_late_and_right():
+    reviewers = Reviewers(fraction=0.4, min_delay=5, max_delay=30, review_share=0.3, seed=2)
+    samples = DriftingStream.samples(2000, seed=2)
+    scheduled = [r for s in samples if (r := reviewers.observe(s, predicted_label="0", prediction_id=f"p{s.index}"))]
+    assert 0.35 < len(scheduled) / len(samples) < 0.45
+    for r in scheduled:
+        s = samples[r.sample_index]
+        assert 5 <= r.due_index - r.sample_index <= 30
+        assert r.label == s.label and r.prediction_id == f"p{s.index}"
+        if r.feedback_type == "review":
+            assert r.verdict == ("correct" if s.label == "0" else "incorrect")
+        else:
+            assert r.feedback_type == "label" and r.verdict is None
+    assert 0.2 < sum(r.feedback_type == "review" for r in scheduled) / len(scheduled) < 0.4
+    due = reviewers.due(100)
+    assert due and all(r.due_index <= 100 for r in due)
+    assert not reviewers.due(100)  # each review is returned once
+    rest = reviewers.drain()
+    assert len(due) + len(rest) == len(scheduled) and reviewers.pending == 0
+
+
+def test_reviewers_reject_bad_settings():
+    with pytest.raises(ValueError, match="fraction"):
+        Reviewers(fraction=1.5)
+    with pytest.raises(ValueError, match="min_delay"):
+        Reviewers(min_delay=10, max_delay=5)
+
+
+# --- windowed accuracy -----------------------------------------------------------------------------
+
+def test_accuracy_and_rolling_accuracy():
+    correct = [True, False, True, True, False, False]
+    assert accuracy(correct) == pytest.approx(0.5)
+    assert accuracy(correct, 2, 4) == 1.0
+    assert accuracy(correct, 6) is None
+    assert rolling_accuracy(correct, 2) == [1.0, 0.5, 0.5, 1.0, 0.5, 0.0]
+    with pytest.raises(ValueError, match="window"):
+        rolling_accuracy(correct, 0)
+
+
+def test_phase_windows_are_placed_by_the_drift_points():
+    windows = phase_windows(900, [300, 600], width=100)
+    assert [(w.name, w.start, w.end, w.kind) for w in windows] == [
+        ("before drift", 200, 300, "before_drift"),
+        ("after drift 1", 300, 400, "after_drift"), ("after recovery 1", 500, 600, "after_recovery"),
+        ("after drift 2", 600, 700, "after_drift"), ("after recovery 2", 800, 900, "after_recovery")]
+    assert phase_windows(900, [300, 600])[0].start == 200  # default width: a third of the shortest phase
+    with pytest.raises(ValueError, match="drift_points"):
+        phase_windows(100, [60, 50])
+
+
+def test_window_accuracies_and_kinds():
+    # wrong right after each drift, right elsewhere
+    correct = [True] * 10 + [False] * 5 + [True] * 5 + [False] * 5 + [True] * 5
+    windows = phase_windows(30, [10, 20], width=5)
+    acc = window_accuracies(correct, windows)
+    assert acc == {"before drift": 1.0, "after drift 1": 0.0, "after recovery 1": 1.0, "after drift 2": 0.0,
+                   "after recovery 2": 1.0}
+    assert summarise_kinds(correct, windows) == {"before_drift": 1.0, "after_drift": 0.0, "after_recovery": 1.0}
+
+
+def test_online_learner_learns_only_from_reviews_that_arrived():
+    from infra.demo.stream import Review, Sample
+
+    class Memo:
+        """Predicts the last label it learned: shows exactly when reviews are applied."""
+
+        def __init__(self):
+            self.last = None
+
+        def learn_one(self, x, y):
+            self.last = y
+
+        def predict_one(self, x):
+            return self.last
+
+    samples = [Sample(i, 0, {"x0": float(i)}, "1") for i in range(6)]
+    reviews = [Review(0, 3, None, "1", "label", None, "ana")]  # sample 0's label arrives at position 3
+    assert online_learner(samples, reviews, model=Memo()) == [False, False, False, True, True, True]
+
+
+def test_compare_puts_three_contenders_on_the_same_stream():
+    samples = DriftingStream.samples(600, [200, 400], seed=8)
+    reviewers = Reviewers(fraction=0.5, seed=1)
+    reviews = [r for s in samples if (r := reviewers.observe(s))]
+    comparison = compare(samples, [200, 400], reviews, frozen_predict_batch=lambda rows: ["0"] * len(rows),
+                         served_labels=[s.label for s in samples], initial=training_data(200))
+    table = comparison.table()
+    assert set(table) == {"never retrained", "river online (HAT)", "ctloop"}
+    assert all(v == 1.0 for v in table["ctloop"].values())
+    assert comparison.overall()["never retrained"] == pytest.approx(sum(s.label == "0" for s in samples) / 600)
+    text = comparison.render()
+    assert "after recovery 2" in text and "100.0%" in text
+    json.dumps(comparison.as_dict())
+    with pytest.raises(ValueError, match="served_labels"):
+        compare(samples, [200, 400], reviews, frozen_predict_batch=lambda rows: ["0"] * len(rows), served_labels=["0"])
+
+
+# --- the summary fold ----------------------------------------------------------------------------
+
+def _e(t, **v):
+    return (t, v, v.pop("_p", 0), v.pop("_o", 0))
+
+
+def test_summary_counts_and_latencies_from_events():
+    dep = "d"
+    snap = [{"partition": 0, "start_offset": 0, "end_offset": 2}]
+    events = LoopEvents(
+        predictions=[_e(ev.PREDICTION_LOGGED, deployment=dep, prediction_id=f"p{i}", role="primary") for i in range(4)]
+        + [_e(ev.PREDICTION_LOGGED, deployment="other", prediction_id="x", role="primary")],
+        shadow_predictions=[_e(ev.PREDICTION_LOGGED, deployment=dep, prediction_id="p1", role="shadow")],
+        feedback=[_e(ev.FEEDBACK_RECEIVED, deployment=dep, prediction_id=p) for p in ("p0", "p1", "p1")],
+        labeled_examples=[_e(ev.LABELED_EXAMPLE, deployment=dep, prediction_id="p0", role="primary", feedback_time=1000, _o=0),
+                          _e(ev.LABELED_EXAMPLE, deployment=dep, prediction_id="p1", role="primary", feedback_time=4000, _o=1),
+                          _e(ev.LABELED_EXAMPLE, deployment=dep, prediction_id="p2", role="primary", feedback_time=9000, _o=2)],
+        triggers=[_e(ev.TRAINING_TRIGGERED, event_id="t1", deployment=dep, trigger_id="T1", reason="drift", event_time=5000, snapshot=snap),
+                  _e(ev.TRAINING_TRIGGERED, event_id="t1", deployment=dep, trigger_id="T1", reason="drift", event_time=5000, snapshot=snap),
+                  _e(ev.TRAINING_TRIGGERED, event_id="t2", deployment=dep, trigger_id="T2", reason="manual", event_time=6000, snapshot=snap)],
+        lifecycle=[_e(ev.TRAINING_RUN_STARTED, event_id="s1", deployment=dep, run_id="R1"),
+                   _e(ev.TRAINING_RUN_STARTED, event_id="s2", deployment=dep, run_id="R2"),
+                   _e(ev.TRAINING_RUN_FINISHED, event_id="f1", deployment=dep, run_id="R1"),
+                   _e(ev.MODEL_REGISTERED, event_id="r0", deployment=dep, model_version="1", run_id=None, trigger_id=None, event_time=0),
+                   _e(ev.MODEL_REGISTERED, event_id="r1", deployment=dep, model_version="2", run_id="R1", trigger_id="T1", event_time=8000),
+                   _e(ev.CANDIDATE_REJECTED, event_id="c1", deployment=dep, model_version="3", stage="evaluation")],
+        updates=[_e(ev.MODEL_PROMOTED, event_id="m0", deployment=dep, model_version="1", decided_by="manual", event_time=0),
+                 _e(ev.MODEL_PROMOTED, event_id="m1", deployment=dep, model_version="2", decided_by="policy", event_time=20000),
+                 _e(ev.CANDIDATE_REJECTED, event_id="c2", deployment=dep, model_version="4", stage="shadow")],
+    )
+    s = summarise(events, dep)
+    assert (s["predictions"], s["shadow_predictions"], s["feedback_events"], s["reviewed"]) == (4, 1, 3, 2)
+    assert s["events_logged"] == 8
+    assert s["triggers"] == 2 and s["triggers_by_reason"] == {"drift": 1, "manual": 1}
+    assert (s["training_runs"], s["training_runs_finished"], s["models_registered"]) == (2, 1, 1)
+    assert s["candidates_rejected"] == 2 and s["rejected_by_stage"] == {"evaluation": 1, "shadow": 1}
+    assert (s["promotions"], s["promotions_all"], s["champions"]) == (1, 2, ["1", "2"])
+    lat = s["latency"]
+    assert lat["feedback_to_trigger"]["median_s"] == 1.0    # 5000 - newest feedback in the snapshot (4000)
+    assert lat["trigger_to_registered"]["median_s"] == 3.0  # 8000 - 5000
+    assert lat["registered_to_promoted"]["median_s"] == 12.0
+
+
+# --- the benchmark runner ------------------------------------------------------------------------
+
+def test_bench_runner_runs_scripts_in_subprocesses_and_writes_json(tmp_path):
+    from infra.demo.bench import render_table, run_benchmarks
+
+    (tmp_path / "good.py").write_text(textwrap.dedent("""
+        def run(quick):
+            return [{"name": "throughput", "value": 200.0, "unit": "events/s", "peer_name": "raw", "peer_value": 100.0},
+                    {"name": "latency", "value": 2.0, "unit": "ms", "peer_name": "raw", "peer_value": 1.0},
+                    {"name": "alone", "value": 3.0, "unit": "s", "peer_value": None, "quick": quick}]
+    """))
+    (tmp_path / "bad.py").write_text("def run(quick):\n    raise RuntimeError('no broker')\n")
+    (tmp_path / "wrong.py").write_text("def run(quick):\n    return [{'name': 'x', 'unit': 's'}]\n")
+    (tmp_path / "run.py").write_text("raise SystemExit('the runner is not a benchmark')\n")
+    results, path = run_benchmarks(quick=True, bench_dir=tmp_path, out_dir=tmp_path / "out", progress=lambda _l: None)
+    by = {(r["script"], r["name"]): r for r in results}
+    assert by[("good", "throughput")]["ratio"] == 2.0 and by[("good", "throughput")]["higher_is_better"]
+    assert by[("good", "latency")]["ratio"] == 0.5 and not by[("good", "latency")]["higher_is_better"]
+    assert by[("good", "alone")]["ratio"] is None and by[("good", "alone")]["quick"] is True
+    assert "no broker" in by[("bad", "bad (failed)")]["error"]
+    assert "has no 'value'" in by[("wrong", "wrong (failed)")]["error"]
+    doc = json.loads(path.read_text())
+    assert doc["quick"] is True and len(doc["results"]) == 5
+    assert (tmp_path / "out" / "latest.json").exists()
+    table = render_table(results)
+    assert "2.00x" in table and "ERROR" in table
+    with pytest.raises(ValueError, match="only"):
+        run_benchmarks(only=["nope"], bench_dir=tmp_path, out_dir=tmp_path / "out")
+
+
+def test_effectiveness_command_prints_the_comparison():
+    from click.testing import CliRunner
+
+    from infra.cli import cli
+
+    result = CliRunner().invoke(cli, ["effectiveness", "--events", "900", "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    assert [w["name"] for w in doc["windows"]] == ["before drift", "after drift 1", "after recovery 1", "after drift 2",
+                                                   "after recovery 2"]
+    frozen = doc["by_kind"]["never retrained"]
+    assert frozen["before_drift"] > 0.85 and frozen["after_drift"] < 0.7  # the frozen model breaks at the drifts
+    assert doc["by_kind"]["river online (HAT)"]["after_recovery"] > frozen["after_recovery"]
+
+
+def test_bench_command_refuses_unknown_scripts():
+    from click.testing import CliRunner
+
+    from infra.cli import cli
+
+    result = CliRunner().invoke(cli, ["bench", "--only", "no_such_benchmark"])
+    assert result.exit_code != 0 and "no_such_benchmark" in str(result.exception or result.output)

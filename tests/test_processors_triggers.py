@@ -1,0 +1,157 @@
+"""Triggers on the real broker with a real worker subprocess: the review threshold fires exactly
+once (one outstanding trigger per deployment), again only after the run finished; a stationary
+stream gives no drift trigger and a mean shift at a known event gives one within a bounded number
+of events; a manual trigger via `ctloop trigger`; plus the policy logic without Kafka."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from click.testing import CliRunner
+
+from processors.performance import PerformanceTracker
+from processors.trigger_policy import TriggerPolicy
+from streams import catalog as ev
+from streams.producer import EventProducer
+from streams.sdk import CtloopClient
+from streams.serde import new_event
+from tests.helpers.collect import Collector
+from tests.helpers.processes import running_processors, settings_env
+
+STAGES = ["processors.feedback_join", "processors.drift", "processors.triggers"]
+
+
+def test_policy_outstanding_cooldown_and_baseline():
+    p = TriggerPolicy(trigger_timeout_s=100)
+    s = {"trigger_threshold": 10}
+    assert p.review("d", {"added_to_training": 9, "reviewed": 9}, s) is None
+    assert p.review("d", {"added_to_training": 10, "reviewed": 10}, s)["reviewed_since_last_training"] == 10
+    assert p.blocked("d", cooldown_s=5, now_ms=1000) is None
+    p.reserve("d", "t1", 1000, added_to_training=10)
+    assert p.blocked("d", 5, 2000) == "outstanding"
+    assert p.review("d", {"added_to_training": 15, "reviewed": 15}, s) is None   # baseline moved to 10
+    p.on_run_done("d", "t1")
+    assert p.blocked("d", 5, 2000) == "cooldown" and p.blocked("d", 5, 7000) is None
+    p.reserve("d", "t2", 10_000, None)
+    assert p.blocked("d", 0, 10_000 + 100_001) is None                        # outstanding timed out
+
+
+def test_performance_decay_against_champion_and_first_window():
+    t = PerformanceTracker(window=10)
+    t.set_champion("1", 0.9)
+    for i in range(10):
+        t.add("a", "a" if i < 6 else "b", "1")
+    ev_ = t.decay(0.2)
+    assert ev_ and ev_["baseline_source"] == "champion_validation" and ev_["rolling_accuracy"] == "0.6000"
+    t.add("a", "b", "0")                         # another version's prediction: ignored
+    assert len(t.pairs) == 10
+    t.set_champion("2", None)                    # promotion: window and baseline restart
+    for _ in range(10):
+        t.add("a", "a", "2")
+    assert t.baseline == 1.0 and t.baseline_source == "first_window" and t.decay(0.1) is None
+
+
+def _triggers(c, dep, reason=None):
+    return [e for e in c.of(ev.TRAINING_TRIGGERED, deployment=dep) if reason is None or e.value["reason"] == reason]
+
+
+def test_review_threshold_fires_exactly_once_until_the_run_finished(settings, topics):
+    dep = "review-dep"
+    with running_processors(settings, stages=STAGES, timeout_s=60), CtloopClient(settings) as client, \
+            Collector(settings, topics.triggers, topics.feedback_stats) as out:
+        client.setup_feedback_loop(dep, model_name="m")
+        client.setup_continuous_training(dep, trigger_threshold=10, cooldown_seconds=0)
+        pids = [client.log_prediction(dep, {"x": float(i)}, label="a", model_version="1") for i in range(40)]
+        for pid in pids[:9]:
+            client.log_feedback(pid, dep, label="a")
+        client.flush()
+        out.wait(lambda c: any(e.value["added_to_training"] == 9 for e in c.of(ev.FEEDBACK_LOOP_STATS)), 30, "9 added")
+        assert _triggers(out, dep) == []
+        for pid in pids[9:25]:                     # crosses 10, then goes on to 25
+            client.log_feedback(pid, dep, label="a")
+        client.flush()
+        out.wait(lambda c: any(e.value["added_to_training"] == 25 for e in c.of(ev.FEEDBACK_LOOP_STATS)), 30, "25 added")
+        first = out.wait(lambda c: _triggers(c, dep), 30, "a review trigger")[0].value
+        assert first["reason"] == "review_threshold"
+        assert int(first["evidence"]["reviewed_since_last_training"]) >= 10
+        assert first["snapshot_topic"] == topics.labeled_examples
+        assert sorted(p["partition"] for p in first["snapshot"]) == [0, 1, 2, 3]
+        # the snapshot is taken just after the count that fired: it covers at least the counted examples,
+        # and may include examples the join published in between (never more than were reviewed)
+        assert int(first["evidence"]["added_to_training"]) <= sum(p["end_offset"] for p in first["snapshot"]) <= 25
+        # more feedback while the trigger is outstanding: no second trigger (stats show it was seen)
+        out.wait(lambda c: c.of(ev.FEEDBACK_LOOP_STATS)[-1].value["reviewed_since_last_training"]
+                 == 25 - int(first["evidence"]["added_to_training"]), 30, "stats after the trigger")
+        assert len(_triggers(out, dep)) == 1
+        # the run finishes: the next stats crossing the threshold fires a second trigger
+        with EventProducer(settings) as producer:
+            producer.produce(topics.model_lifecycle, ev.TRAINING_RUN_FAILED, new_event(
+                ev.TRAINING_RUN_FAILED, run_id=first["trigger_id"], trigger_id=first["trigger_id"], deployment=dep,
+                reason="test", error_type="exception"), key=dep)
+        for pid in pids[25:40]:
+            client.log_feedback(pid, dep, label="a")
+        client.flush()
+        second = out.wait(lambda c: len(_triggers(c, dep)) >= 2 and _triggers(c, dep)[1], 30, "a second trigger").value
+        assert int(second["evidence"]["added_to_training"]) > int(first["evidence"]["added_to_training"])
+        assert len(_triggers(out, dep)) == 2
+
+        # manual trigger through the CLI: same snapshot shape, always allowed
+        from infra.cli import cli
+
+        res = CliRunner().invoke(cli, ["trigger", dep, "--requested-by", "tester"], env=settings_env(settings, {}))
+        assert res.exit_code == 0, res.output
+        printed = json.loads(res.output.strip().splitlines()[-1])
+        manual = out.wait(lambda c: _triggers(c, dep, "manual"), 30, "the manual trigger")[0].value
+        assert manual["trigger_id"] == printed["trigger_id"] and manual["requested_by"] == "tester"
+        assert sum(p["end_offset"] for p in manual["snapshot"]) == 40
+
+
+def test_no_drift_trigger_on_a_stationary_stream_then_one_after_a_mean_shift(settings, topics):
+    """Also in this worker: a schedule trigger, and a performance-decay trigger against the champion's
+    validation accuracy (other deployments)."""
+    window = 200
+    settings = settings.replace(drift_window_size=window, performance_window=20)
+    dep = "drift-dep"
+    rng = np.random.default_rng(7)
+    stationary, shifted = 2000, 3 * window
+    with EventProducer(settings) as producer:       # a champion with 0.9 validation accuracy
+        producer.produce(topics.model_lifecycle, ev.MODEL_REGISTERED, new_event(
+            ev.MODEL_REGISTERED, deployment="perf-dep", model_name="m", model_version="1", alias="champion",
+            metrics={"accuracy": 0.9}, artifact_uri="file:///x", artifact_sha256="0" * 64), key="perf-dep")
+    with running_processors(settings, stages=STAGES, timeout_s=60), CtloopClient(settings) as client, \
+            Collector(settings, topics.triggers, topics.drift) as out:
+        client.setup_continuous_training("sched-dep", schedule="1s", cooldown_seconds=0)
+        client.setup_continuous_training("perf-dep", performance_decay_threshold=0.2, cooldown_seconds=0)
+        for i in range(20):                           # live accuracy 0.5: 0.4 below the champion's 0.9
+            pid = client.log_prediction("perf-dep", {"x": 1.0}, label="a", model_version="1")
+            client.log_feedback(pid, "perf-dep", label="a" if i % 2 else "b")
+        client.setup_continuous_training(dep, drift_threshold=0.5, cooldown_seconds=0)
+        for i in range(stationary):
+            client.log_prediction(dep, {"a": rng.normal(), "b": rng.normal(), "c": rng.exponential()}, label="x",
+                                  model_version="1", event_time=1_000_000 + i)
+        client.flush()
+        drift = out.wait(lambda c: len(c.of(ev.DRIFT_MEASURED)) >= stationary // window - 1 and c.of(ev.DRIFT_MEASURED),
+                         60, "the stationary windows measured")
+        assert len(drift) == stationary // window - 1               # the first window is the reference
+        assert not any(d.value["drift_detected"] for d in drift)
+        assert all(d.value["reference"] == "first_window" and len(d.value["features"]) == 3 for d in drift)
+        assert _triggers(out, dep) == []
+        shift_at = 1_000_000 + stationary                            # the known event: the first shifted one
+        for i in range(shifted):
+            client.log_prediction(dep, {"a": rng.normal() + 1.0, "b": rng.normal() + 1.0, "c": rng.exponential()},
+                                  label="x", model_version="1", event_time=shift_at + i)
+        client.flush()
+        trig = out.wait(lambda c: _triggers(c, dep), 60, "a drift trigger")[0].value
+        assert trig["reason"] == "drift"
+        assert set(trig["evidence"]["drifting_features"].split(",")) >= {"a", "b"}
+        detected_at = int(trig["evidence"]["window_end"])
+        # windows are filled from 4 partitions, so a window can hold a little skew; the bound is two windows
+        assert 0 <= detected_at - shift_at < 2 * window, detected_at - shift_at
+        out.wait(lambda c: len(c.of(ev.DRIFT_MEASURED)) >= (stationary + shifted) // window - 1, 30, "all windows")
+        assert len(_triggers(out, dep)) == 1                          # outstanding: no storm
+        sched = out.wait(lambda c: _triggers(c, "sched-dep"), 30, "a schedule trigger")
+        assert [t.value["reason"] for t in sched] == ["schedule"]     # then outstanding: no second one
+        perf = out.wait(lambda c: _triggers(c, "perf-dep"), 30, "a performance-decay trigger")[0].value
+        assert perf["reason"] == "performance_decay"
+        assert perf["evidence"]["baseline_source"] == "champion_validation"
+        assert float(perf["evidence"]["rolling_accuracy"]) == 0.5 and float(perf["evidence"]["decay"]) == 0.4

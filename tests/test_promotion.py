@@ -1,0 +1,179 @@
+"""Shadow comparison + promotion policy on the real (embedded) broker, with a real processor worker
+subprocess. The "models" are simulated: the test logs primary and shadow predictions and feedback
+through the SDK and decides which of them are right, so no training is needed.
+
+One worker (stages shadow_comparison + promotion) serves every test of the module; each test uses
+its own deployment name.
+"""
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from infra.settings import Settings
+from streams import catalog as ev
+from streams.consumer import read_to_end
+from streams.sdk import CtloopClient
+from streams.serde import new_event
+from streams.topics import Topics, ensure_topics
+from tests.helpers.processes import running_processors, wait_for
+
+pytestmark = pytest.mark.timeout(120)
+
+STAGES = ["processors.shadow_comparison", "processors.promotion"]
+
+
+@pytest.fixture(scope="module")
+def loop(kafka_bootstrap, tmp_path_factory):
+    from confluent_kafka.admin import AdminClient
+
+    settings = Settings(bootstrap_servers=kafka_bootstrap, topic_prefix=f"t{uuid.uuid4().hex[:10]}.",
+                        default_partitions=4, data_dir=str(tmp_path_factory.mktemp("promotion") / "data"),
+                        shadow_comparison_every=10, shadow_comparison_interval_s=0.5, rollback_window=30,
+                        rollback_watch_windows=3, promotion_max_samples_factor=3.0)
+    topics = Topics.from_settings(settings)
+    ensure_topics(AdminClient({"bootstrap.servers": kafka_bootstrap}), topics)
+    with running_processors(settings, stages=STAGES, timeout_s=60) as proc, CtloopClient(settings) as client:
+        yield settings, topics, client, proc
+
+
+def log_pairs(client, dep, pattern, *, primary="v1", shadow="v2"):
+    """One labeled pair per (primary_correct, shadow_correct) item of ``pattern``; truth is "a"."""
+    for p_ok, s_ok in pattern:
+        pid = client.log_prediction(dep, {"x": 1.0}, label="a" if p_ok else "b", model_version=primary,
+                                    latency_ms=1.0)
+        if shadow is not None:
+            client.log_prediction(dep, {"x": 1.0}, label="a" if s_ok else "b", model_version=shadow,
+                                  role="shadow", prediction_id=pid, latency_ms=2.0)
+        client.log_feedback(pid, dep, label="a")
+    client.flush()
+
+
+def events(settings, topic, dep, types=None):
+    return [e for e in read_to_end(settings, topic, timeout_s=10)
+            if e.value.get("deployment") == dep and (types is None or e.event_type in types)]
+
+
+def wait_event(settings, topic, dep, predicate, what, timeout_s=40):
+    try:
+        return wait_for(lambda: next((e for e in events(settings, topic, dep) if predicate(e)), None), timeout_s, what,
+                        interval_s=0.2)
+    except TimeoutError as exc:  # say what the loop did see
+        topics = Topics.from_settings(settings)
+        seen = [(e.value["labeled_samples"], e.value["paired_samples"], e.value["mcnemar_pvalue"])
+                for e in events(settings, topics.shadow_comparisons, dep)]
+        updates = [(e.event_type, e.value) for e in events(settings, topics.model_updates, dep)]
+        raise AssertionError(f"{exc}; comparisons (labeled, paired, p): {seen}; updates: {updates}") from None
+
+
+def setup(client, dep, min_samples):
+    client.setup_continuous_deployment(dep, promotion_threshold=0.05, min_samples=min_samples,
+                                       significance_level=0.05, rollback_margin=0.05)
+    client.set_shadow_model(dep, "v2")
+
+
+def test_better_shadow_is_promoted_only_after_min_samples(loop):
+    settings, topics, client, _ = loop
+    dep = "better"
+    setup(client, dep, min_samples=60)
+    pattern = [(i % 2 == 0, True) for i in range(70)]  # primary 50 %, shadow 100 %
+    log_pairs(client, dep, pattern[:59])
+    comparison = wait_event(settings, topics.shadow_comparisons, dep, lambda e: e.value["labeled_samples"] == 59,
+                            "a comparison of 59 labeled pairs")
+    assert comparison.value["shadow_metrics"]["accuracy"] == 1.0
+    assert comparison.value["primary_metrics"]["accuracy"] == pytest.approx(30 / 59)
+    assert comparison.value["mcnemar_pvalue"] < 1e-6 and comparison.value["agreement_rate"] == pytest.approx(30 / 59)
+    assert comparison.value["primary_latency_p50_ms"] == 1.0 and comparison.value["shadow_latency_p95_ms"] == 2.0
+    assert events(settings, topics.model_updates, dep) == []  # significant, but below min_samples
+
+    log_pairs(client, dep, pattern[59:])
+    promoted = wait_event(settings, topics.model_updates, dep, lambda e: e.event_type == ev.MODEL_PROMOTED,
+                          "ModelPromoted")
+    v = promoted.value
+    assert (v["model_version"], v["previous_version"], v["decided_by"]) == ("v2", "v1", "policy")
+    assert int(v["evidence"]["labeled_samples"]) >= 60 and float(v["evidence"]["mcnemar_pvalue"]) < 0.05
+    cleared = wait_event(settings, topics.deployments, dep, lambda e: e.value["change"] == "promotion_decided",
+                         "shadow cleared")
+    assert cleared.value["shadow_model_version"] is None
+    assert [e.event_type for e in events(settings, topics.model_updates, dep)] == [ev.MODEL_PROMOTED]  # once
+
+
+def test_worse_shadow_is_rejected(loop):
+    settings, topics, client, _ = loop
+    dep = "worse"
+    setup(client, dep, min_samples=40)
+    log_pairs(client, dep, [(True, i % 2 == 0) for i in range(50)])  # primary 100 %, shadow 50 %
+    rejected = wait_event(settings, topics.model_updates, dep, lambda e: e.event_type == ev.CANDIDATE_REJECTED,
+                          "CandidateRejected")
+    v = rejected.value
+    assert (v["model_version"], v["stage"], v["champion_version"]) == ("v2", "shadow", "v1")
+    assert "worse" in v["reasons"][0] and v["metrics"]["accuracy"] < v["champion_metrics"]["accuracy"]
+    assert not events(settings, topics.model_updates, dep, {ev.MODEL_PROMOTED})
+
+
+def test_equal_models_are_not_promoted(loop):
+    settings, topics, client, _ = loop
+    dep = "noise"
+    setup(client, dep, min_samples=40)
+    # both 80 % right; they disagree on 20 % of the requests, half of those each way
+    cycle = [(True, True)] * 3 + [(True, False)] + [(True, True)] * 4 + [(False, True)] + [(False, False)]
+    log_pairs(client, dep, cycle * 13)  # 130 labeled pairs > the cap of 3 x 40
+    rejected = wait_event(settings, topics.model_updates, dep, lambda e: e.event_type == ev.CANDIDATE_REJECTED,
+                          "CandidateRejected at the cap")
+    assert "not significantly better" in rejected.value["reasons"][0]
+    comparisons = events(settings, topics.shadow_comparisons, dep)
+    assert max(c.value["labeled_samples"] for c in comparisons) >= 120
+    assert not events(settings, topics.model_updates, dep, {ev.MODEL_PROMOTED})
+
+
+def test_degraded_champion_is_rolled_back(loop):
+    settings, topics, client, _ = loop
+    dep = "degrade"
+    setup(client, dep, min_samples=60)
+    pattern = [(i % 10 < 8, True) for i in range(60)]  # v1 80 %, v2 100 % in shadow
+    log_pairs(client, dep, pattern)
+    wait_event(settings, topics.model_updates, dep, lambda e: e.event_type == ev.MODEL_PROMOTED, "ModelPromoted")
+    # v2 is now the champion and serves alone ... at 10 % on live traffic
+    log_pairs(client, dep, [(i % 10 < 1, None) for i in range(40)], primary="v2", shadow=None)
+    rolled = wait_event(settings, topics.model_updates, dep, lambda e: e.event_type == ev.MODEL_ROLLED_BACK,
+                        "ModelRolledBack")
+    v = rolled.value
+    assert (v["from_version"], v["to_version"], v["decided_by"]) == ("v2", "v1", "policy")
+    assert float(v["evidence"]["live_accuracy"]) < float(v["evidence"]["baseline_accuracy"]) - 0.05
+    assert int(v["evidence"]["window"]) == 30
+    assert len(events(settings, topics.model_updates, dep, {ev.MODEL_ROLLED_BACK})) == 1
+
+
+def test_bad_records_on_the_shadow_topic_are_dead_lettered(loop):
+    settings, topics, client, _ = loop
+    client.producer.produce_raw(topics.shadow_predictions, b"not avro", b"k1")
+    # a primary prediction written to the shadow topic by a misbehaving client
+    record = new_event(ev.PREDICTION_LOGGED, prediction_id=str(uuid.uuid4()), deployment="bad", model_name="",
+                       model_version="v1", role="primary", features={"x": 1.0}, label="a")
+    client.producer.produce(topics.shadow_predictions, ev.PREDICTION_LOGGED, record, key=b"k2")
+    client.flush()
+
+    def dead_letters():
+        found = [e.value for e in read_to_end(settings, topics.dead_letters, timeout_s=10)
+                 if e.value["component"] == "shadow_comparison"]
+        return found if len(found) >= 2 else None
+
+    found = wait_for(dead_letters, 30, "two dead letters from shadow_comparison", interval_s=0.2)
+    reasons = sorted(d["reason"] for d in found)
+    assert any("unknown framing" in r for r in reasons) and any("role primary does not belong" in r for r in reasons)
+    assert {d["source_topic"] for d in found} == {topics.shadow_predictions}
+
+
+def test_enabling_continuous_deployment_later_judges_the_evidence_already_in(loop):
+    settings, topics, client, _ = loop
+    dep = "later"
+    client.set_shadow_model(dep, "v2")  # continuous deployment still off
+    log_pairs(client, dep, [(i % 2 == 0, True) for i in range(50)])
+    wait_event(settings, topics.shadow_comparisons, dep, lambda e: e.value["labeled_samples"] == 50,
+               "a comparison of 50 labeled pairs")
+    assert events(settings, topics.model_updates, dep) == []  # off: no decision
+    client.setup_continuous_deployment(dep, min_samples=40)
+    promoted = wait_event(settings, topics.model_updates, dep, lambda e: e.event_type == ev.MODEL_PROMOTED,
+                          "ModelPromoted after enabling")
+    assert promoted.value["evidence"]["labeled_samples"] == "50"

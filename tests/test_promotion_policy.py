@@ -1,0 +1,154 @@
+"""Pure logic of shadow comparison, promotion and rollback (processors/policies.py): no Kafka needed."""
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from processors.policies import (ComparisonAggregator, PredictionJoin, PromotionPolicy, RollbackWatch,
+                                 classification_metrics, mcnemar_pvalue, percentile)
+
+CD = {"continuous_deployment_enabled": True, "promotion_min_samples": 100, "promotion_threshold": 0.05,
+      "promotion_metric": "accuracy", "significance_level": 0.05, "rollback_margin": 0.05}
+
+
+def pred(pid, version, label, role="primary", latency=1.0, t=1000, dep="d"):
+    return {"prediction_id": pid, "deployment": dep, "model_version": version, "label": label, "role": role,
+            "latency_ms": latency, "event_time": t}
+
+
+def fb(pid, label=None, ftype="label", verdict=None, dep="d"):
+    return {"prediction_id": pid, "deployment": dep, "feedback_type": ftype, "label": label, "verdict": verdict}
+
+
+def test_metrics_and_mcnemar_match_hand_computation():
+    confusion = {("a", "a"): 3, ("a", "b"): 1, ("b", "b"): 4, ("b", "a"): 2}
+    m = classification_metrics(confusion)
+    assert m["accuracy"] == pytest.approx(7 / 10)
+    # precision a = 3/5, b = 4/5 ; recall a = 3/4, b = 4/6
+    assert m["precision"] == pytest.approx((3 / 5 + 4 / 5) / 2)
+    assert m["recall"] == pytest.approx((3 / 4 + 4 / 6) / 2)
+    f1a, f1b = 2 * .6 * .75 / (1.35), 2 * .8 * (4 / 6) / (.8 + 4 / 6)
+    assert m["f1"] == pytest.approx((f1a + f1b) / 2)
+    assert mcnemar_pvalue(0, 0) == 1.0
+    assert mcnemar_pvalue(5, 5) == pytest.approx(1.0)
+    assert mcnemar_pvalue(0, 10) == pytest.approx(2 * 0.5 ** 10)
+    assert percentile([1, 2, 3, 4], 50) == 2.5 and percentile([], 95) == 0.0
+
+
+def test_join_in_any_order_emits_pair_labeled_pair_and_primary_once():
+    for order in ([0, 1, 2], [2, 1, 0], [1, 2, 0], [2, 0, 1]):
+        join = PredictionJoin()
+        steps = [lambda: join.on_prediction(pred("p", "v1", "a", latency=2.0)),
+                 lambda: join.on_prediction(pred("p", "v2", "b", role="shadow", latency=3.0)),
+                 lambda: join.on_feedback(fb("p", "b"))]
+        out = [o for i in order for o in steps[i]()]
+        kinds = sorted(o["kind"] for o in out)
+        assert kinds == ["labeled_pair", "pair", "primary"], order
+        labeled = next(o for o in out if o["kind"] == "labeled_pair")
+        assert (labeled["truth"], labeled["primary_label"], labeled["shadow_label"]) == ("b", "a", "b")
+        assert next(o for o in out if o["kind"] == "primary")["correct"] is False
+        # a correction or a duplicate after the fact changes nothing
+        assert join.on_feedback(fb("p", "a", ftype="correction")) == []
+        assert join.on_prediction(pred("p", "v2", "b", role="shadow")) == []
+
+
+def test_join_review_verdicts_and_canary():
+    join = PredictionJoin()
+    join.on_feedback(fb("r", ftype="review", verdict="correct"))  # before the prediction
+    out = join.on_prediction(pred("r", "v1", "a"))
+    assert out == [{"kind": "primary", "deployment": "d", "version": "v1", "role": "primary", "correct": True,
+                    "time": 1000}]
+    join.on_prediction(pred("x", "v1", "a"))
+    out = join.on_feedback(fb("x", ftype="review", verdict="incorrect"))
+    assert [o["correct"] for o in out] == [False]
+    out = join.on_prediction(pred("c", "v2", "a", role="canary")) + join.on_feedback(fb("c", "a"))
+    assert [(o["kind"], o["role"], o["correct"]) for o in out] == [("primary", "canary", True)]
+
+
+def test_join_is_bounded():
+    join = PredictionJoin(max_entries=10)
+    for i in range(25):
+        join.on_prediction(pred(f"p{i}", "v1", "a"))
+    assert len(join) == 10 and join.evicted == 15
+
+
+def feed(agg, n, p_correct, s_correct, rng, now=0.0, pv="v1", sv="v2"):
+    out = []
+    for i in range(n):
+        truth = rng.choice("ab")
+        other = "b" if truth == "a" else "a"
+        p = truth if rng.random() < p_correct else other
+        s = truth if rng.random() < s_correct else other
+        out += agg.add({"kind": "pair", "deployment": "d", "primary_version": pv, "shadow_version": sv,
+                        "agree": p == s, "primary_latency_ms": 1.0, "shadow_latency_ms": 2.0}, now)
+        out += agg.add({"kind": "labeled_pair", "deployment": "d", "primary_version": pv, "shadow_version": sv,
+                        "truth": truth, "primary_label": p, "shadow_label": s}, now)
+    return out
+
+
+def test_aggregator_rate_limits_by_count_and_time():
+    agg = ComparisonAggregator(every=50, interval_s=5.0)
+    out = feed(agg, 120, 0.8, 0.9, random.Random(1))
+    assert [c["labeled_samples"] for c in out] == [50, 100]
+    assert agg.due(now_s=1.0) == []           # changed, but not for 5 s
+    late = agg.due(now_s=6.0)
+    assert [c["labeled_samples"] for c in late] == [120] and agg.due(now_s=20.0) == []
+    c = late[0]
+    assert c["paired_samples"] == 120 and 0 < c["agreement_rate"] < 1 and c["shadow_latency_p95_ms"] == 2.0
+    assert set(c["primary_metrics"]) == {"accuracy", "precision", "recall", "f1"}
+
+
+def comparison_of(n, p_correct, s_correct, seed):
+    agg = ComparisonAggregator(every=10 ** 9)
+    feed(agg, n, p_correct, s_correct, random.Random(seed))
+    return agg.due(now_s=10 ** 6)[0]
+
+
+def test_policy_promotes_better_only_after_min_samples():
+    policy = PromotionPolicy()
+    assert policy.decide(CD, comparison_of(99, 0.6, 0.95, 2)) is None           # below min_samples
+    decision = policy.decide(CD, comparison_of(100, 0.6, 0.95, 2))
+    assert decision.action == "promote" and float(decision.evidence["mcnemar_pvalue"]) < 0.05
+    assert policy.decide({**CD, "continuous_deployment_enabled": False}, comparison_of(100, 0.6, 0.95, 2)) is None
+
+
+def test_policy_rejects_worse_and_never_promotes_noise():
+    policy = PromotionPolicy(max_samples_factor=3)
+    assert policy.decide(CD, comparison_of(150, 0.9, 0.6, 3)).action == "reject"
+    # equal models: over many seeds, never promoted; rejected only at the cap
+    for seed in range(30):
+        for n in (100, 150, 250):
+            d = policy.decide(CD, comparison_of(n, 0.8, 0.8, seed))
+            assert d is None or d.action == "reject", (seed, n, d)
+    capped = policy.decide(CD, comparison_of(300, 0.8, 0.8, 4))
+    assert capped.action == "reject" and "not significantly better" in capped.reason
+
+
+def test_rollback_watch_rolls_back_a_degraded_champion_once():
+    watch = RollbackWatch(window=50, watch_windows=3)
+    rng = random.Random(5)
+    for i in range(200):
+        watch.add_outcome({"kind": "primary", "deployment": "d", "version": "v1", "correct": rng.random() < 0.9,
+                           "time": 1000 + i})
+    w = watch.on_promoted("d", "v2", "v1", promoted_ms=5000)
+    assert w is not None and 0.8 < w.baseline < 1.0
+    decisions = []
+    for i in range(120):
+        watch.add_outcome({"kind": "primary", "deployment": "d", "version": "v2", "correct": rng.random() < 0.5,
+                           "time": 6000 + i})
+        decisions.append(watch.check("d", CD))
+    made = [d for d in decisions if d is not None]
+    assert len(made) == 1 and made[0].action == "rollback" and made[0].evidence["to_version"] == "v1"
+    assert decisions.index(made[0]) == 49  # judged at the first complete window
+
+
+def test_rollback_watch_keeps_a_good_champion_and_stops_watching():
+    watch = RollbackWatch(window=50, watch_windows=2)
+    rng = random.Random(6)
+    watch.on_promoted("d", "v2", "v1", promoted_ms=0, evidence={"primary_accuracy": "0.80"})
+    for i in range(200):
+        watch.add_outcome({"kind": "primary", "deployment": "d", "version": "v2", "correct": rng.random() < 0.85,
+                           "time": 10 + i})
+        assert watch.check("d", CD) is None
+    assert "d" not in watch.watches  # confirmed after 2 windows

@@ -1,0 +1,202 @@
+"""The evaluation gate, dataset assembly, training and artifacts: plain functions, no Kafka."""
+from __future__ import annotations
+
+import io
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from trainers.artifacts import ArtifactStore, TamperedArtifactError
+from trainers.dataset import DatasetError, build_dataset, split_mask
+from trainers.evaluation import GatePolicy, evaluate_gate, macro_f1, parse_min_metrics
+from trainers.models import Predictor, build_model, load_predictor, model_config
+from trainers.registry import ModelVersion
+from trainers.training import flip_labels, train_classifier
+
+POLICY = GatePolicy(holdout_tolerance=0.01, segment_tolerance=0.05, forgetting_tolerance=0.05)
+
+
+def labels(pattern: str, n: int) -> list[str]:
+    return list(pattern * n)
+
+
+def test_better_candidate_passes_with_no_reasons():
+    y = labels("ab", 50)
+    champion = [t if i % 5 else ("b" if t == "a" else "a") for i, t in enumerate(y)]   # 80 % right
+    decision = evaluate_gate(POLICY, y, y, champion)
+    assert decision.passed and decision.reasons == []
+    assert decision.candidate_metrics["accuracy"] == 1.0 and decision.champion_metrics["accuracy"] == pytest.approx(0.8)
+    assert {"recent_accuracy", "recent_macro_f1", "segment[a]", "segment[b]"} <= set(decision.checks)
+
+
+def test_first_model_has_only_the_minimum_checks():
+    y = labels("ab", 20)
+    assert evaluate_gate(GatePolicy(min_metrics={"accuracy": 0.9}), y, y).passed
+    bad = evaluate_gate(GatePolicy(min_metrics={"accuracy": 0.9}), y, ["a"] * 40)
+    assert not bad.passed and bad.reasons[0].startswith("min_accuracy: candidate accuracy 0.500")
+
+
+def test_worse_candidate_lists_every_failed_check():
+    y = labels("ab", 50)
+    candidate = ["a"] * 100                        # never predicts b
+    decision = evaluate_gate(POLICY, y, candidate, y)
+    assert not decision.passed
+    text = " | ".join(decision.reasons)
+    assert "recent_accuracy" in text and "recent_macro_f1" in text and "segment[b]" in text
+    assert "segment[b]: candidate F1 0.000" in text  # class b is never predicted
+
+
+def test_segment_check_does_not_favour_a_champion_that_predicts_one_class():
+    # after a drift the champion says "b" for nearly everything: recall on b is perfect, F1 is not
+    y = ["a"] * 50 + ["b"] * 50
+    champion = ["b"] * 95 + ["a"] * 5                         # 0.55 accuracy, recall(b) = 1.0
+    candidate = ["a"] * 45 + ["b"] * 5 + ["b"] * 45 + ["a"] * 5   # 0.90 accuracy, recall(b) = 0.9
+    decision = evaluate_gate(POLICY, y, candidate, champion)
+    assert decision.passed, decision.reasons
+
+
+def test_segment_check_catches_a_class_that_collapses_while_accuracy_holds():
+    # 90 a, 10 b (support >= 10): the candidate loses class b entirely but gains elsewhere
+    y = ["a"] * 90 + ["b"] * 10
+    champion = ["a"] * 80 + ["b"] * 10 + ["b"] * 10          # 10 a-errors, b perfect: 0.90
+    candidate = ["a"] * 90 + ["a"] * 10                      # a perfect, b lost: 0.90
+    decision = evaluate_gate(GatePolicy(holdout_tolerance=0.5), y, candidate, champion)
+    assert [r.split(":")[0] for r in decision.reasons] == ["segment[b]"]
+
+
+def test_forgetting_check_uses_historical_rows_with_a_tolerance():
+    y = labels("ab", 50)
+    hist = [i < 40 for i in range(100)]
+    # candidate perfect on recent rows, 10 % worse than the champion on historical rows
+    candidate = [("b" if t == "a" else "a") if (i < 40 and i % 10 == 0) else t for i, t in enumerate(y)]
+    within = evaluate_gate(GatePolicy(forgetting_tolerance=0.15, segment_tolerance=0.2, holdout_tolerance=0.2),
+                           y, candidate, y, historical=hist)
+    assert within.passed, within.reasons
+    assert within.candidate_metrics["historical_accuracy"] == pytest.approx(0.9)
+    beyond = evaluate_gate(GatePolicy(forgetting_tolerance=0.05, segment_tolerance=0.2, holdout_tolerance=0.2),
+                           y, candidate, y, historical=hist)
+    assert [r.split(":")[0] for r in beyond.reasons] == ["forgetting"]
+
+
+def test_concept_drift_recent_data_decides_not_the_old():
+    # the champion is right on old data, wrong on recent data; the candidate learned the new concept
+    # and is slightly worse on the old: accepted within the forgetting tolerance
+    y = labels("ab", 50)
+    hist = [i < 50 for i in range(100)]
+    champion = [t if i < 50 else ("b" if t == "a" else "a") for i, t in enumerate(y)]
+    candidate = [t if (i >= 50 or i % 25) else ("b" if t == "a" else "a") for i, t in enumerate(y)]
+    decision = evaluate_gate(POLICY, y, candidate, champion, historical=hist)
+    assert decision.passed, decision.reasons
+    assert decision.candidate_metrics["recent_accuracy"] == 1.0 and decision.champion_metrics["recent_accuracy"] == 0.0
+
+
+def test_regression_set_check():
+    y = labels("ab", 50)
+    reg_true = labels("ab", 10)
+    decision = evaluate_gate(POLICY, y, y, y, regression=(reg_true, ["a"] * 20, reg_true))
+    assert [r.split(":")[0] for r in decision.reasons] == ["regression_set"]
+    assert decision.candidate_metrics["regression_accuracy"] == 0.5
+
+
+def test_min_metrics_parsing_names_bad_entries():
+    assert parse_min_metrics("accuracy=0.7, macro_f1=0.5") == {"accuracy": 0.7, "macro_f1": 0.5}
+    assert parse_min_metrics("") == {}
+    with pytest.raises(ValueError, match="gate_min_metrics"):
+        parse_min_metrics("auc=0.7")
+    with pytest.raises(ValueError, match="no numeric value"):
+        parse_min_metrics("accuracy=high")
+
+
+def test_macro_f1():
+    assert macro_f1(np.array(["a", "b"]), np.array(["a", "b"])) == 1.0
+    assert macro_f1(np.array(["a", "a", "b", "b"]), np.array(["a", "a", "a", "a"])) == pytest.approx((2 / 3 + 0) / 2)
+
+
+# -- dataset ---------------------------------------------------------------------------------------
+def _examples(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return [{"prediction_id": f"p{i}", "label": "ab"[i % 2], "features": {"x": float(rng.normal(i % 2 * 3)), "y": 1.0},
+             "prediction_time": 1_000_000 + i} for i in range(n)]
+
+
+def test_split_is_deterministic_and_content_hash_is_order_independent():
+    ex = _examples(200)
+    d1 = build_dataset(ex)
+    d2 = build_dataset(list(reversed(ex)))
+    assert d1.lineage["content_hash"] == d2.lineage["content_hash"]
+    assert (d1.holdout_mask() == d2.holdout_mask()).all()
+    assert 20 < d1.holdout_mask().sum() < 65
+    assert (split_mask(["p1", "p2"]) == split_mask(["p1", "p2"])).all()
+    ex[0] = dict(ex[0], label="b" if ex[0]["label"] == "a" else "a")
+    assert build_dataset(ex).lineage["content_hash"] != d1.lineage["content_hash"]
+
+
+def test_dataset_errors_name_the_cause():
+    with pytest.raises(DatasetError) as e:
+        build_dataset(_examples(10), min_examples=50)
+    assert e.value.error_type == "too_few_examples" and "at least 50" in e.value.reason
+    with pytest.raises(DatasetError) as e:
+        build_dataset([dict(x, label="a") for x in _examples(60)])
+    assert e.value.error_type == "single_class"
+    sparse = _examples(60)
+    sparse[3] = dict(sparse[3], features={"x": 1.0})
+    with pytest.raises(DatasetError) as e:
+        build_dataset(sparse)
+    assert e.value.error_type == "nan_values" and "'y'" in e.value.reason
+
+
+def test_recent_window_marks_historical_rows():
+    ex = _examples(100)
+    d = build_dataset(ex, recent_window_s=0.050)     # newest at +99 ms: rows older than 49 ms are historical
+    assert d.historical.sum() == 49
+
+
+# -- training and artifacts ------------------------------------------------------------------------
+def test_training_learns_and_label_noise_hurts():
+    ds = build_dataset(_examples(400, seed=1))
+    hold = ds.holdout_mask()
+    train, holdout = ds.subset(~hold), ds.subset(hold)
+    good = train_classifier(train)
+    p = Predictor(good.module, good.feature_names, good.classes)
+    assert np.mean(p.predict_labels(holdout.x) == holdout.y) > 0.9
+    noisy = train_classifier(train, label_noise=0.8)
+    p = Predictor(noisy.module, noisy.feature_names, noisy.classes)
+    assert np.mean(p.predict_labels(holdout.x) == holdout.y) < 0.5
+    flipped = flip_labels(np.array(list("abab")), ["a", "b"], 0.5)
+    assert (flipped != np.array(list("abab"))).sum() == 2
+
+
+def test_artifact_round_trip_verifies_sha_and_refuses_pickled_code(tmp_path):
+    store = ArtifactStore(tmp_path)
+    config = model_config(["x", "y"], ["a", "b"])
+    module = build_model("trainers.models:tabular_mlp", config)
+    uri, sha = store.save("dep/with slash", "v1", module.state_dict())
+    assert uri.startswith("file://") and not list(tmp_path.rglob("*.tmp"))
+    mv = ModelVersion("dep", "m", "v1", "champion", {}, uri, sha, "trainers.models:tabular_mlp", config, None, None, None, 0)
+    predictor = load_predictor(mv, store)
+    label, probs = predictor.predict({"x": 1.0, "y": 2.0, "unknown": 5.0})
+    assert label in ("a", "b") and set(probs) == {"a", "b"}
+    with pytest.raises(TamperedArtifactError):
+        store.load_state_dict(uri, "0" * 64)
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    buf = io.BytesIO()
+    torch.save({"weights": torch.zeros(2), "evil": Evil()}, buf)
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(buf.getvalue())
+    import hashlib
+
+    with pytest.raises(pickle.UnpicklingError):
+        store.load_state_dict(evil.as_uri(), hashlib.sha256(buf.getvalue()).hexdigest())
+
+
+def test_factory_errors_are_clear():
+    with pytest.raises(ValueError, match="module:function"):
+        build_model("nocolon", model_config(["x"], ["a", "b"]))
+    with pytest.raises(ValueError, match="cannot import"):
+        build_model("no_such_module:f", model_config(["x"], ["a", "b"]))

@@ -1,0 +1,258 @@
+"""Dataset compilation: a trigger's snapshot of labeled examples (+ the deployment's base dataset)
+turned into a feature matrix, with a deterministic train/holdout split and a content hash.
+
+The snapshot is read exactly: each partition from ``start_offset`` up to (excluding) ``end_offset``,
+by assigning partitions (no consumer group). Of several examples of one prediction the one at the
+highest offset wins (corrections replace labels; prediction ids are keys, so all examples of one
+prediction are in one partition).
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+from urllib.parse import unquote, urlparse
+
+import numpy as np
+
+from streams import catalog as ev
+from streams.serde import DecodeError, Serde
+
+HOLDOUT_PERCENT = 20
+
+
+class DatasetError(ValueError):
+    """The dataset cannot be trained on; ``error_type`` is machine readable."""
+
+    def __init__(self, reason: str, error_type: str):
+        super().__init__(reason)
+        self.reason = reason
+        self.error_type = error_type
+
+
+@dataclass
+class Dataset:
+    ids: np.ndarray            # str, sorted
+    x: np.ndarray              # float64 [n, d]
+    y: np.ndarray              # str labels (object)
+    feature_names: list[str]
+    times: np.ndarray          # int64 prediction time in ms (0 for base-dataset rows)
+    historical: np.ndarray     # bool: base-dataset rows and rows older than the recent window
+    lineage: dict
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def classes(self) -> list[str]:
+        return sorted(set(self.y.tolist()))
+
+    def subset(self, mask: np.ndarray) -> "Dataset":
+        return Dataset(self.ids[mask], self.x[mask], self.y[mask], self.feature_names, self.times[mask],
+                       self.historical[mask], self.lineage)
+
+    def holdout_mask(self, percent: int = HOLDOUT_PERCENT) -> np.ndarray:
+        return split_mask(self.ids, percent)
+
+
+def bucket(identifier: str, salt: str = "") -> int:
+    """0..99 from the sha1 of the id: the same id always lands in the same split."""
+    return int.from_bytes(hashlib.sha1((salt + identifier).encode()).digest()[:8], "big") % 100
+
+def split_mask(ids: Iterable[str], percent: int = HOLDOUT_PERCENT, salt: str = "") -> np.ndarray:
+    return np.fromiter((bucket(i, salt) < percent for i in ids), dtype=bool)
+
+
+def content_hash(ids: np.ndarray, x: np.ndarray, y: np.ndarray, feature_names: Sequence[str]) -> str:
+    h = hashlib.sha256()
+    h.update("\x1f".join(feature_names).encode())
+    h.update(b"\x1e")
+    h.update("\x1f".join(ids.tolist()).encode())
+    h.update(b"\x1e")
+    h.update("\x1f".join(y.tolist()).encode())
+    h.update(b"\x1e")
+    h.update(np.ascontiguousarray(x, dtype="<f8").tobytes())
+    return h.hexdigest()
+
+
+# -- reading --------------------------------------------------------------------------------------
+def read_snapshot(settings, topic: str, partitions: Sequence[dict], deployment: str, *, serde: Serde | None = None,
+                  timeout_s: float = 120.0) -> dict[str, dict]:
+    """LabeledExamples of ``deployment`` in the offset ranges, latest per prediction id."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    serde = serde or Serde.from_settings(settings)
+    ranges = {int(p["partition"]): (int(p.get("start_offset", 0)), int(p["end_offset"])) for p in partitions}
+    wanted = {p: r for p, r in ranges.items() if r[1] > r[0]}
+    examples: dict[str, dict] = {}
+    if not wanted:
+        return examples
+    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": "ctloop-dataset",
+                         "enable.auto.commit": False, "enable.partition.eof": False,
+                         "fetch.max.bytes": 52428800, "max.partition.fetch.bytes": 10485760})
+    try:
+        consumer.assign([TopicPartition(topic, p, start) for p, (start, _end) in wanted.items()])
+        remaining = set(wanted)
+        deadline = time.monotonic() + timeout_s
+        decode = serde.decode
+        while remaining:
+            if time.monotonic() > deadline:
+                raise DatasetError(f"reading {topic} partitions {sorted(remaining)} to the snapshot offsets took more "
+                                   f"than {timeout_s}s (were the records deleted?)", "snapshot_unavailable")
+            for msg in consumer.consume(10000, 0.2):
+                if msg.error():
+                    continue
+                p, offset = msg.partition(), msg.offset()
+                end = wanted[p][1]
+                if offset >= end:
+                    remaining.discard(p)
+                    continue
+                if offset + 1 >= end:
+                    remaining.discard(p)
+                try:
+                    d = decode(msg.value())
+                except DecodeError:
+                    continue
+                if d.event_type != ev.LABELED_EXAMPLE or d.value.get("deployment") != deployment:
+                    continue
+                examples[d.value["prediction_id"]] = d.value   # later offset wins (same partition per id)
+    finally:
+        consumer.close()
+    return examples
+
+
+def read_base_dataset(uri: str):
+    """A CSV or Parquet file: feature columns, a ``label`` column, optionally ``prediction_id``."""
+    import pandas as pd
+
+    parsed = urlparse(uri)
+    path = Path(unquote(parsed.path)) if parsed.scheme == "file" else Path(uri)
+    if parsed.scheme not in ("", "file"):
+        raise DatasetError(f"dataset_version {uri!r}: only local files are supported", "invalid_dataset")
+    if not path.exists():
+        raise DatasetError(f"dataset_version {uri!r}: file not found", "invalid_dataset")
+    try:
+        frame = pd.read_csv(path) if path.suffix.lower() == ".csv" else pd.read_parquet(path)
+    except Exception as exc:  # noqa: BLE001 - any parse error is the file's fault
+        raise DatasetError(f"dataset_version {uri!r}: cannot read it ({exc})", "invalid_dataset") from None
+    if "label" not in frame.columns:
+        raise DatasetError(f"dataset_version {uri!r}: no 'label' column (columns: {list(frame.columns)})",
+                           "invalid_dataset")
+    return frame
+
+
+# -- assembling ----------------------------------------------------------------------------------
+def build_dataset(examples: dict[str, dict] | Sequence[dict], *, base_frame=None, base_uri: str | None = None,
+                  lineage_topic: str = "", partitions: Sequence[dict] = (), recent_window_s: float = 86400.0,
+                  min_examples: int = 1) -> Dataset:
+    """Assemble and check a dataset. Raises DatasetError (too_few_examples, nan_values, single_class,
+    invalid_dataset)."""
+    rows = list(examples.values()) if isinstance(examples, dict) else list(examples)
+    ids = [r["prediction_id"] for r in rows]
+    labels = [str(r["label"]) for r in rows]
+    times = [int(r.get("prediction_time") or r.get("event_time") or 0) for r in rows]
+    names: set[str] = set()
+    for r in rows:
+        names.update(r["features"])
+    base_cols: list[str] = []
+    if base_frame is not None:
+        base_cols = [c for c in base_frame.columns if c not in ("label", "prediction_id")]
+        non_numeric = [c for c in base_cols if not np.issubdtype(base_frame[c].dtype, np.number)]
+        if non_numeric:
+            raise DatasetError(f"dataset_version {base_uri!r}: non-numeric feature column(s) {non_numeric}",
+                               "invalid_dataset")
+        names.update(base_cols)
+    feature_names = sorted(names)
+    col = {n: i for i, n in enumerate(feature_names)}
+    n_stream = len(rows)
+    n_base = 0 if base_frame is None else len(base_frame)
+    x = np.full((n_stream + n_base, len(feature_names)), np.nan)
+    for i, r in enumerate(rows):
+        for name, value in r["features"].items():
+            x[i, col[name]] = value
+    all_ids = list(ids)
+    all_labels = list(labels)
+    all_times = list(times)
+    if n_base:
+        for c in base_cols:
+            x[n_stream:, col[c]] = base_frame[c].to_numpy(dtype=float, na_value=np.nan)
+        if "prediction_id" in base_frame.columns:
+            base_ids = [str(v) for v in base_frame["prediction_id"].tolist()]
+        else:
+            base_ids = [f"base:{base_uri}#{i}" for i in range(n_base)]
+        all_ids += base_ids
+        all_labels += [str(v) for v in base_frame["label"].tolist()]
+        all_times += [0] * n_base
+    ids_arr = np.asarray(all_ids, dtype=object)
+    # stream examples replace base rows of the same prediction id
+    if n_base:
+        seen: set[str] = set()
+        keep = np.ones(len(ids_arr), dtype=bool)
+        for i, pid in enumerate(all_ids):
+            if pid in seen:
+                keep[i] = False
+            seen.add(pid)
+        ids_arr, x = ids_arr[keep], x[keep]
+        all_labels = [l for l, k in zip(all_labels, keep) if k]
+        all_times = [t for t, k in zip(all_times, keep) if k]
+    return dataset_from_arrays(ids_arr.astype(str), x, np.asarray(all_labels, dtype=object),
+                               np.asarray(all_times, dtype=np.int64), feature_names, lineage_topic=lineage_topic,
+                               partitions=partitions, base_uri=base_uri, recent_window_s=recent_window_s,
+                               min_examples=min_examples, has_base=bool(n_base))
+
+
+def dataset_from_arrays(ids: np.ndarray, x: np.ndarray, y: np.ndarray, times: np.ndarray, feature_names: Sequence[str], *,
+                        lineage_topic: str = "", partitions: Sequence[dict] = (), base_uri: str | None = None,
+                        recent_window_s: float = 86400.0, min_examples: int = 1, has_base: bool = False) -> Dataset:
+    """Sort by id, check, mark historical rows, split and hash: the vectorised part of compilation
+    (also used directly by benchmarks). ``times`` 0 marks base-dataset rows."""
+    order = np.argsort(ids, kind="stable")
+    ids_arr, x = ids[order], np.asarray(x, dtype=np.float64)[order]
+    y = np.asarray([str(v) for v in y], dtype=object)[order]
+    t = np.asarray(times, dtype=np.int64)[order]
+    feature_names = list(feature_names)
+
+    n = len(ids_arr)
+    if n < max(min_examples, 2):
+        raise DatasetError(f"only {n} labeled example(s) in the snapshot"
+                           + (" and base dataset" if has_base else "")
+                           + f"; the deployment needs at least {max(min_examples, 2)} (min_training_examples)",
+                           "too_few_examples")
+    bad = np.isnan(x)
+    if bad.any():
+        cols = [feature_names[j] for j in np.flatnonzero(bad.any(axis=0))]
+        raise DatasetError(f"{int(bad.any(axis=1).sum())} of {n} rows have missing or NaN values in feature(s) "
+                           f"{cols[:10]}", "nan_values")
+    classes = sorted(set(y.tolist()))
+    if len(classes) < 2:
+        raise DatasetError(f"all {n} examples have the label {classes[0]!r}: a classifier needs at least two classes",
+                           "single_class")
+    newest = int(t.max()) if n else 0
+    historical = (t == 0) | (t < newest - int(recent_window_s * 1000))
+    id_list = [str(i) for i in ids_arr.tolist()]
+    holdout = split_mask(id_list)
+    lineage = {
+        "topic": lineage_topic,
+        "partitions": [{"partition": int(p["partition"]), "start_offset": int(p.get("start_offset", 0)),
+                        "end_offset": int(p["end_offset"])} for p in partitions],
+        "row_count": int(n), "train_rows": int((~holdout).sum()), "holdout_rows": int(holdout.sum()),
+        "content_hash": content_hash(np.asarray(id_list, dtype=object), x, y, feature_names),
+        "base_dataset": base_uri,
+    }
+    if lineage["holdout_rows"] == 0 or lineage["train_rows"] == 0:
+        raise DatasetError(f"{n} examples leave an empty train or holdout split; add more examples", "too_few_examples")
+    return Dataset(np.asarray(id_list, dtype=object), x, y, feature_names, t, historical, lineage)
+
+
+def compile_dataset(settings, trigger: dict, deployment_settings: dict, *, serde: Serde | None = None,
+                    timeout_s: float = 120.0) -> Dataset:
+    """The training set of a TrainingTriggered event."""
+    examples = read_snapshot(settings, trigger["snapshot_topic"], trigger["snapshot"], trigger["deployment"],
+                             serde=serde, timeout_s=timeout_s)
+    base_uri = deployment_settings.get("dataset_version")
+    frame = read_base_dataset(base_uri) if base_uri else None
+    return build_dataset(examples, base_frame=frame, base_uri=base_uri, lineage_topic=trigger["snapshot_topic"],
+                         partitions=trigger["snapshot"], recent_window_s=settings.trainer_recent_window_s,
+                         min_examples=int(deployment_settings.get("min_training_examples") or 0))
