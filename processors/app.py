@@ -8,6 +8,7 @@ classes that unit tests reach without Kafka.
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from dataclasses import dataclass, field
 
 import faust
@@ -56,6 +57,7 @@ def build_app(settings: Settings, *, stages=STAGES, metrics: Metrics | None = No
         consumer_auto_offset_reset="earliest",
         web_enabled=False,
         topic_allow_declare=True,
+        datadir=str(Path(settings.data_dir) / "faust"),  # not the working directory
     )
     serde = Serde.from_settings(settings)
     ctx = ProcessorContext(settings=settings, topics=topics, serde=serde, metrics=metrics or Metrics("processors"),

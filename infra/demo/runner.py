@@ -304,6 +304,8 @@ def run_demo(settings: Settings, options: DemoOptions | None = None, *, progress
         raise ValueError(f"drifts: must be 1 or 2, got {options.drifts}")
     from infra.stack import kafka_stack
 
+    # subprocesses (the processors worker) run from the repository root: give them absolute paths
+    settings = settings.replace(data_dir=str(Path(settings.data_dir).resolve()))
     started = time.monotonic()
     with kafka_stack(settings) as live:
         return _run(live, options, progress, started)
