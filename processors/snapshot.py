@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import uuid
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer
 
 from streams import catalog as ev
+from streams.consumer import end_offset_consumer, probe_end_offsets
 from streams.serde import new_event
 from streams.topics import Topics
 
 
 def snapshot_consumer(settings) -> Consumer:
-    return Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": f"ctloop-snapshot-{uuid.uuid4().hex[:8]}",
-                     "enable.auto.commit": False, "log.connection.close": False, "enable.partition.eof": True,
-                     "fetch.wait.max.ms": 10})
+    """A consumer to reuse across snapshots (see streams.consumer.end_offsets)."""
+    return end_offset_consumer(settings)
 
 
 def labeled_examples_snapshot(settings, consumer: Consumer | None = None, timeout_s: float = 10.0) -> list[dict]:
@@ -28,53 +28,12 @@ def labeled_examples_snapshot(settings, consumer: Consumer | None = None, timeou
         t = md.topics.get(topic)
         if t is None or t.error is not None:
             raise RuntimeError(f"topic {topic} is not available: {t.error if t else 'missing'}")
-        ends = end_offsets(consumer, topic, sorted(t.partitions), timeout_s)
+        ends = probe_end_offsets(consumer, topic, sorted(t.partitions), timeout_s)
         out = [{"partition": p, "start_offset": 0, "end_offset": ends[p]} for p in sorted(ends)]
         return out
     finally:
         if own:
             consumer.close()
-
-
-def end_offsets(consumer: Consumer, topic: str, partitions: list[int], timeout_s: float = 10.0) -> dict[int, int]:
-    """The end offset (one past the last record) of each partition, as the fetch path reports it.
-
-    ListOffsets(latest) is not enough: the embedded broker (Tansu) answers it with the base offset of
-    the last record batch + 1, short of the real end when a batch holds several records. So we start
-    fetching one below that answer and read to the partition-EOF event, whose high watermark is right.
-    ``consumer`` needs ``enable.partition.eof``."""
-    import time
-
-    from confluent_kafka import KafkaError
-
-    ends: dict[int, int] = {}
-    assign = []
-    for p in partitions:
-        low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s, cached=False)
-        if high <= low:
-            ends[p] = int(high)
-        else:
-            assign.append(TopicPartition(topic, p, max(low, high - 1)))
-    if not assign:
-        return ends
-    consumer.assign(assign)
-    waiting = {tp.partition for tp in assign}
-    deadline = time.monotonic() + timeout_s
-    try:
-        while waiting:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"end offsets of {topic} partitions {sorted(waiting)} not known within {timeout_s}s")
-            msg = consumer.poll(0.05)  # returns at the first record or event (consume() would wait for 1000)
-            if msg is None:
-                continue
-            for msg in (msg,):
-                err = msg.error()
-                if err is not None and err.code() == KafkaError._PARTITION_EOF and msg.partition() in waiting:
-                    waiting.discard(msg.partition())
-                    ends[msg.partition()] = int(msg.offset())
-    finally:
-        consumer.unassign()
-    return ends
 
 
 def trigger_record(settings, deployment: str, reason: str, evidence: dict, snapshot: list[dict], *,

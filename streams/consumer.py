@@ -193,46 +193,62 @@ def end_offsets(settings, topic: str, *, timeout_s: float = 15.0, consumer: Cons
     Use this rather than ``get_watermark_offsets``: the embedded Tansu broker answers ListOffsets
     with the base offset of the last record batch + 1, not the offset after the last record. Here the
     last batch is read (from the reported watermark - 1 to the fetch's end of partition) and the
-    true end is taken from it, which costs one small fetch per partition on any broker."""
-    from confluent_kafka import KafkaError
-
+    true end is taken from it, which costs one small fetch per partition on any broker.
+    ``consumer``, when given, must have ``enable.partition.eof`` set; it is assigned and unassigned
+    (reuse one across calls to save the connection set-up)."""
     own = consumer is None
-    consumer = consumer or Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": "ctloop-reader",
-                                     "enable.auto.commit": False, "log.connection.close": False})
-    deadline = time.monotonic() + timeout_s
+    consumer = consumer or end_offset_consumer(settings)
     try:
         md = consumer.list_topics(topic, timeout=timeout_s)
         if topic not in md.topics or md.topics[topic].error is not None:
             return {}
-        ends: dict[int, int] = {}
-        probe = []
-        for p in sorted(md.topics[topic].partitions):
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s, cached=False)
-            ends[p] = high
-            if high > low:
-                probe.append(TopicPartition(topic, p, max(low, high - 1)))
-        if not probe:
-            return ends
-        reader = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": "ctloop-reader",
-                           "enable.auto.commit": False, "enable.partition.eof": True, "log.connection.close": False})
-        try:
-            reader.assign(probe)
-            waiting = {tp.partition for tp in probe}
-            while waiting:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"finding the end offsets of {topic} took more than {timeout_s}s")
-                for msg in reader.consume(1000, 0.1):
-                    err = msg.error()
-                    if err is None:
-                        ends[msg.partition()] = max(ends[msg.partition()], msg.offset() + 1)
-                    elif err.code() == KafkaError._PARTITION_EOF:
-                        waiting.discard(msg.partition())
-        finally:
-            reader.close()
-        return ends
+        return probe_end_offsets(consumer, topic, sorted(md.topics[topic].partitions), timeout_s)
     finally:
         if own:
             consumer.close()
+
+
+def end_offset_consumer(settings) -> Consumer:
+    """A group-less consumer suited to :func:`end_offsets` / :func:`probe_end_offsets`."""
+    return Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": "ctloop-reader",
+                     "enable.auto.commit": False, "enable.partition.eof": True, "log.connection.close": False,
+                     "fetch.wait.max.ms": 10})
+
+
+def probe_end_offsets(consumer: Consumer, topic: str, partitions: list[int], timeout_s: float = 10.0) -> dict[int, int]:
+    """The end offset of each partition as the fetch path reports it (see :func:`end_offsets`):
+    start fetching one below the ListOffsets answer and read to the partition-EOF event."""
+    from confluent_kafka import KafkaError
+
+    ends: dict[int, int] = {}
+    assign = []
+    for p in partitions:
+        low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s, cached=False)
+        if high <= low:
+            ends[p] = int(high)
+        else:
+            assign.append(TopicPartition(topic, p, max(low, high - 1)))
+    if not assign:
+        return ends
+    consumer.assign(assign)
+    waiting = {tp.partition for tp in assign}
+    deadline = time.monotonic() + timeout_s
+    try:
+        while waiting:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"end offsets of {topic} partitions {sorted(waiting)} not known within {timeout_s}s")
+            msg = consumer.poll(0.05)  # returns at the first record or event
+            if msg is None:
+                continue
+            err = msg.error()
+            if err is None:
+                ends[msg.partition()] = max(ends.get(msg.partition(), 0), msg.offset() + 1)
+            elif err.code() == KafkaError._PARTITION_EOF and msg.partition() in waiting:
+                waiting.discard(msg.partition())
+                ends[msg.partition()] = max(ends.get(msg.partition(), 0), int(msg.offset()))
+    finally:
+        consumer.unassign()
+    return ends
 
 
 def read_to_end(settings, topic: str, *, serde: Serde | None = None, timeout_s: float = 15.0,
@@ -242,8 +258,7 @@ def read_to_end(settings, topic: str, *, serde: Serde | None = None, timeout_s: 
     from confluent_kafka import OFFSET_BEGINNING
 
     serde = serde or Serde.from_settings(settings)
-    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": "ctloop-reader",
-                         "enable.auto.commit": False, "enable.partition.eof": False})
+    consumer = end_offset_consumer(settings)
     try:
         md = consumer.list_topics(topic, timeout=timeout_s)
         if topic not in md.topics or md.topics[topic].error is not None:
