@@ -39,13 +39,7 @@ def cli(ctx: click.Context, log_level: str | None) -> None:
 
 def _register_all() -> None:
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:  # stage not built yet
-                continue
-            raise
-        module.register(cli)
+        importlib.import_module(name).register(cli)
 
 
 _register_all()

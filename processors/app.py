@@ -70,8 +70,9 @@ def build_app(settings: Settings, *, stages=STAGES, metrics: Metrics | None = No
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
-            if exc.name == name:  # stage not built yet
-                continue
+            if exc.name == name:
+                raise ValueError(f"unknown processor stage {name!r} (CTLOOP_PROCESSOR_STAGES); "
+                                 f"known: {', '.join(STAGES)}") from None
             raise
         module.register(app, ctx)
     return app, ctx

@@ -37,6 +37,7 @@ class EventProducer:
         # microsecond each on the hot path. Successes are counted as produced - failed - still queued.
         self._producer = Producer(settings.producer_config(**{
             "on_delivery": self._on_delivery, "delivery.report.only.error": True, **config}))
+        self._produce = self._producer.produce
         self.block_timeout_s = settings.producer_block_timeout_s
         self.produced = 0
         self.failed = 0
@@ -44,7 +45,6 @@ class EventProducer:
         self._failures: list[str] = []
         self._lock = threading.Lock()
         self._closed = False
-        self._since_poll = 0
 
     @property
     def delivered(self) -> int:
@@ -68,13 +68,14 @@ class EventProducer:
         if self._closed:
             raise RuntimeError("producer is closed")
         try:
-            self._producer.produce(topic, value, key, headers=headers)
+            if headers is None:
+                self._produce(topic, value, key)
+            else:
+                self._produce(topic, value, key, headers=headers)
         except BufferError:
             self._wait_for_room(topic, value, key, headers)
         self.produced += 1
-        self._since_poll += 1
-        if self._since_poll >= 1000:
-            self._since_poll = 0
+        if not self.produced & 1023:  # serve (error-only) delivery reports now and then
             self._producer.poll(0)
 
     def _wait_for_room(self, topic, value, key, headers) -> None:
