@@ -33,6 +33,7 @@ from typing import Callable
 from infra.demo.effectiveness import Comparison, compare, phase_windows, summarise_kinds
 from infra.demo.stream import DriftingStream, Reviewers, Sample, training_data
 from infra.demo.summary import LoopEvents, summarise
+from infra.metrics import Metrics
 from infra.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -195,8 +196,9 @@ class TrainerThread:
     """``trainers.worker.run_trainer`` in a thread, stopped through its ``stop`` callable."""
 
     def __init__(self, settings: Settings, trainer_id: str, label_noise: float = 0.0,
-                 on_ready: Callable[[str], None] | None = None):
+                 on_ready: Callable[[str], None] | None = None, metrics=None):
         self.settings, self.trainer_id, self.label_noise = settings, trainer_id, label_noise
+        self.metrics = metrics
         self.on_ready = on_ready
         self.ready = threading.Event()
         self._stop = threading.Event()
@@ -208,7 +210,7 @@ class TrainerThread:
 
         try:
             run_trainer(self.settings, self._stop.is_set, trainer_id=self.trainer_id, label_noise=self.label_noise,
-                        on_ready=self._ready)
+                        on_ready=self._ready, metrics=self.metrics)
         except BaseException as exc:  # noqa: BLE001 - reported by the runner
             log.exception("trainer %s failed", self.trainer_id)
             self.error = exc
@@ -327,9 +329,14 @@ def _run(settings: Settings, options: DemoOptions, progress: Callable[[str], Non
     dep_name = options.deployment
     elapsed = lambda: time.monotonic() - started  # noqa: E731
     say = lambda msg: progress(f"[{elapsed():6.1f}s] {msg}")  # noqa: E731
+    # one Prometheus registry for the in-process parts (serving app, trainers, sink); the processors
+    # worker serves its own
+    metrics = Metrics("demo")
+    metrics_port = metrics.serve(settings.metrics_port)
     problems: list[str] = []
 
-    say(f"kafka {settings.bootstrap_servers}; topics prefix {settings.topic_prefix}; data {run_dir}")
+    say(f"kafka {settings.bootstrap_servers}; topics prefix {settings.topic_prefix}; data {run_dir}; "
+        f"metrics :{metrics_port}/metrics")
     topics = Topics.from_settings(settings)
     ensure_topics(AdminClient({"bootstrap.servers": settings.bootstrap_servers}), topics)
 
@@ -377,7 +384,8 @@ def _run(settings: Settings, options: DemoOptions, progress: Callable[[str], Non
         cleanup.callback(stop_trainers)
         cleanup.callback(client.close, 30)
         on_ready = lambda trainer_id: say(f"{trainer_id}: trigger partitions assigned")  # noqa: E731
-        faulty = TrainerThread(settings, "trainer-faulty", label_noise=options.label_noise, on_ready=on_ready).start()
+        faulty = TrainerThread(settings, "trainer-faulty", label_noise=options.label_noise, on_ready=on_ready,
+                               metrics=metrics).start()
         trainers.append(faulty)
         say(f"faulty trainer started (label noise {options.label_noise}); it takes the first trigger")
         trainer: TrainerThread | None = None
@@ -389,7 +397,7 @@ def _run(settings: Settings, options: DemoOptions, progress: Callable[[str], Non
                 problems.append("the faulty trainer did not stop within 120s")
             if faulty.error is not None:
                 problems.append(f"faulty trainer crashed: {faulty.error!r}")
-            regular = TrainerThread(settings, "trainer-1", on_ready=on_ready).start()
+            regular = TrainerThread(settings, "trainer-1", on_ready=on_ready, metrics=metrics).start()
             trainers.append(regular)
             say("regular trainer started")
             return regular
@@ -404,7 +412,7 @@ def _run(settings: Settings, options: DemoOptions, progress: Callable[[str], Non
         reviews = []
         recent = deque(maxlen=500)
         since = deque(maxlen=options.settle_events)  # correctness since the latest promotion
-        deployment = Deployment(settings, dep_name, client=client)
+        deployment = Deployment(settings, dep_name, client=client, metrics=metrics)
         cleanup.callback(deployment.close)
         deployment.start(timeout_s=60)
         say(f"serving app started: primary {deployment.primary_version}; streaming at "
@@ -566,7 +574,7 @@ def _run(settings: Settings, options: DemoOptions, progress: Callable[[str], Non
     report_path = None
     if options.report:
         try:
-            report_path = _sink_and_report(settings, run_dir, say)
+            report_path = _sink_and_report(settings, run_dir, say, metrics)
         except Exception as exc:  # noqa: BLE001
             log.exception("sink/report failed")
             problems.append(f"ClickHouse sink / report failed: {exc!r}")
@@ -633,12 +641,12 @@ def _effectiveness(settings, initial, samples, drift_points, reviews, served_lab
                    served_labels=served_labels, initial=initial_data, width=width)
 
 
-def _sink_and_report(settings, run_dir: Path, say) -> Path:
+def _sink_and_report(settings, run_dir: Path, say, metrics=None) -> Path:
     from infra.report import write_report
     from processors.clickhouse_sink import ClickHouseSink
 
     say("ClickHouse sink: loading every topic")
-    sink = ClickHouseSink(settings)
+    sink = ClickHouseSink(settings, metrics=metrics)
     try:
         rows = sink.run_until_caught_up(timeout_s=120)
         say(f"ClickHouse sink caught up ({rows} rows)")
