@@ -25,13 +25,11 @@ import time
 import uuid
 import zlib
 from dataclasses import dataclass
-from typing import Callable, Iterable
-
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from typing import Callable
 
 from streams import catalog as ev
 from streams.consumer import Event
-from streams.serde import DecodeError, Serde
+from streams.follower import TopicFollower
 from streams.topics import Topics
 from streams.validation import InvalidEvent, check_features
 
@@ -40,116 +38,6 @@ log = logging.getLogger(__name__)
 
 class NoChampionError(RuntimeError):
     """The deployment has no champion model (nothing registered yet, or it could not be loaded)."""
-
-
-# --- following topics -----------------------------------------------------------------------------
-class TopicFollower:
-    """Read ``topics`` from the beginning and keep following them, in a daemon thread, without a
-    consumer group (nothing committed; every follower sees everything). ``on_event(event)`` is called
-    for each decoded event and ``on_batch()`` after each batch, both in the follower thread.
-    ``caught_up`` is set once every partition reached the end offset it had at start."""
-
-    def __init__(self, settings, topics: Iterable[str], on_event: Callable[[Event], None], *,
-                 on_batch: Callable[[], None] | None = None, serde: Serde | None = None, name: str = "follower",
-                 poll_timeout_s: float = 0.1):
-        self.settings = settings
-        self.topics = list(topics)
-        self.on_event = on_event
-        self.on_batch = on_batch
-        self.serde = serde or Serde.from_settings(settings)
-        self.name = name
-        self.poll_timeout_s = poll_timeout_s
-        self.caught_up = threading.Event()
-        self.error: BaseException | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.events = 0
-
-    def start(self) -> "TopicFollower":
-        self._thread = threading.Thread(target=self._run, name=f"ctloop-{self.name}", daemon=True)
-        self._thread.start()
-        return self
-
-    def wait_caught_up(self, timeout_s: float) -> None:
-        if not self.caught_up.wait(timeout_s):
-            raise TimeoutError(f"{self.name}: did not catch up with {self.topics} within {timeout_s}s"
-                               + (f" ({self.error})" if self.error else ""))
-
-    def _assign(self, consumer: Consumer, assigned: dict, ends: dict) -> None:
-        md = consumer.list_topics(timeout=5)
-        new = []
-        for topic in self.topics:
-            t = md.topics.get(topic)
-            if t is None or t.error is not None:
-                continue
-            for p in t.partitions:
-                if (topic, p) in assigned:
-                    continue
-                _low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=5)
-                assigned[(topic, p)] = True
-                if high > 0 and not self.caught_up.is_set():
-                    ends[(topic, p)] = high
-                new.append(TopicPartition(topic, p, OFFSET_BEGINNING))
-        if new:
-            consumer.incremental_assign(new)
-
-    def _run(self) -> None:
-        consumer = Consumer({"bootstrap.servers": self.settings.bootstrap_servers,
-                             "group.id": f"ctloop-follower-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False,
-                             "enable.partition.eof": False, "topic.metadata.refresh.interval.ms": 2000,
-                             "fetch.wait.max.ms": 100,  # small, rarely written topics: see changes quickly
-                             "log.connection.close": False})
-        assigned: dict = {}
-        ends: dict = {}
-        try:
-            self._assign(consumer, assigned, ends)
-            last_assign = time.monotonic()
-            if not ends:
-                self.caught_up.set()
-            while not self._stop.is_set():
-                if len({t for t, _p in assigned}) < len(self.topics) and time.monotonic() - last_assign > 1.0:
-                    self._assign(consumer, assigned, ends)  # a topic created after we started
-                    last_assign = time.monotonic()
-                msgs = consumer.consume(500, self.poll_timeout_s)
-                for msg in msgs:
-                    if msg.error():
-                        continue
-                    key = (msg.topic(), msg.partition())
-                    if key in ends and msg.offset() + 1 >= ends[key]:
-                        del ends[key]
-                    try:
-                        decoded = self.serde.decode(msg.value())
-                    except DecodeError as exc:
-                        log.warning("%s: skipping undecodable record %s@%d: %s", self.name, key, msg.offset(), exc)
-                        continue
-                    self.events += 1
-                    try:
-                        self.on_event(Event(decoded.event_type, decoded.value, msg.topic(), msg.partition(),
-                                            msg.offset(), msg.key(), msg.timestamp()[1]))
-                    except Exception:  # noqa: BLE001 - one bad event must not stop the follower
-                        log.exception("%s: handler failed on %s@%d", self.name, key, msg.offset())
-                if not ends and not self.caught_up.is_set():
-                    self._batch()
-                    self.caught_up.set()
-                elif msgs:
-                    self._batch()
-        except BaseException as exc:  # noqa: BLE001 - reported through wait_caught_up / error
-            self.error = exc
-            log.exception("%s: follower stopped", self.name)
-        finally:
-            consumer.close()
-
-    def _batch(self) -> None:
-        if self.on_batch is not None:
-            try:
-                self.on_batch()
-            except Exception:  # noqa: BLE001
-                log.exception("%s: batch handler failed", self.name)
-
-    def stop(self, timeout_s: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
 
 
 # --- serving --------------------------------------------------------------------------------------
