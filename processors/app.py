@@ -46,6 +46,8 @@ class ProcessorContext:
 
 def build_app(settings: Settings, *, stages=STAGES, metrics: Metrics | None = None) -> tuple[faust.App, ProcessorContext]:
     topics = Topics.from_settings(settings)
+    datadir = Path(settings.data_dir) / "faust"  # faust's own files; not the working directory
+    datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         f"{settings.topic_prefix}processors",
         broker=[f"kafka://{hp}" for hp in settings.bootstrap_servers.split(",")],
@@ -57,7 +59,7 @@ def build_app(settings: Settings, *, stages=STAGES, metrics: Metrics | None = No
         consumer_auto_offset_reset="earliest",
         web_enabled=False,
         topic_allow_declare=True,
-        datadir=str(Path(settings.data_dir) / "faust"),  # not the working directory
+        datadir=str(datadir),
     )
     serde = Serde.from_settings(settings)
     ctx = ProcessorContext(settings=settings, topics=topics, serde=serde, metrics=metrics or Metrics("processors"),

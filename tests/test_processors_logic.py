@@ -99,3 +99,19 @@ def test_reference_from_an_attached_dataset(tmp_path):
     with pytest.raises(ValueError, match="no numeric feature"):
         pd.DataFrame({"label": ["x"]}).to_csv(tmp_path / "bad.csv", index=False)
         load_reference(str(tmp_path / "bad.csv"))
+
+
+def test_build_app_keeps_faust_files_under_the_data_dir(tmp_path):
+    """A fresh machine: the data dir does not exist yet, and nothing lands in the working directory."""
+    from pathlib import Path
+
+    from infra.settings import Settings
+    from processors.app import build_app
+
+    data_dir = tmp_path / "not" / "yet"
+    app, ctx = build_app(Settings(bootstrap_servers="127.0.0.1:1", data_dir=str(data_dir)), stages=())
+    try:
+        assert (data_dir / "faust").is_dir()
+        assert Path(str(app.conf.datadir)).resolve() == (data_dir / "faust").resolve()
+    finally:
+        ctx.producer.close(timeout_s=1)
