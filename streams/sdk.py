@@ -19,6 +19,7 @@ import time
 from streams import catalog as ev
 from streams.ids import UuidSource
 from streams.producer import EventProducer
+from streams.record_packer import PredictionPacker
 from streams.serde import EncodeError, Serde
 from streams.topics import Topics
 from streams.validation import (_NUMBERS, FEEDBACK_KINDS, FEEDBACK_TYPES, ROLES, VERDICTS, InvalidEvent,
@@ -50,6 +51,7 @@ class CtloopClient:
             self._encode_prediction_fields = None
         self._encode_feedback = self.serde._encoder(ev.FEEDBACK_RECEIVED)[1]
         self._prediction_header = self.serde.single_object_header(ev.PREDICTION_LOGGED) if self.serde.registry is None else None
+        self._packer = PredictionPacker(self._prediction_header) if self._prediction_header is not None else None
         self._feedback_header = self.serde.single_object_header(ev.FEEDBACK_RECEIVED) if self.serde.registry is None else None
         self._settings_client = None
 
@@ -110,10 +112,24 @@ class CtloopClient:
         if event_time is None:
             event_time = time.time_ns() // 1_000_000
         topic = self._shadow_topic if role == "shadow" else self._predictions_topic
+        value = None
+        if self._packer is not None:  # one struct.pack per record shape (streams/record_packer.py)
+            value = self._packer.pack(self._uuid(), event_time, prediction_id, deployment, model_name, model_version,
+                                      role, features, label, score, probabilities, latency_ms)
+        if value is None:
+            value = self._encode_prediction_generic(self._uuid(), event_time, prediction_id, deployment, model_name,
+                                                    model_version, role, features, label, score, probabilities,
+                                                    latency_ms, topic)
+        self.producer.produce_raw(topic, value, prediction_id)
+        return prediction_id
+
+    def _encode_prediction_generic(self, event_id, event_time, prediction_id, deployment, model_name, model_version,
+                                   role, features, label, score, probabilities, latency_ms, topic) -> bytes:
+        """The field-by-field encoders: shapes the packer does not take, and Confluent framing."""
         if self._prediction_header is not None and self._encode_prediction_fields is not None:
             try:
                 value = self._prediction_header + self._encode_prediction_fields(
-                    self._uuid(), event_time, prediction_id, deployment, model_name, model_version, role, features,
+                    event_id, event_time, prediction_id, deployment, model_name, model_version, role, features,
                     label, score, probabilities, latency_ms)
             except (TypeError, ValueError, KeyError, AttributeError, struct.error) as exc:
                 check_features(features)  # a non-string feature name: the precise error
@@ -121,7 +137,7 @@ class CtloopClient:
         else:
             record = {
                 **self._prediction_defaults,
-                "event_id": self._uuid(), "event_time": event_time, "prediction_id": prediction_id,
+                "event_id": event_id, "event_time": event_time, "prediction_id": prediction_id,
                 "deployment": deployment, "model_name": model_name, "model_version": model_version, "role": role,
                 "features": features, "label": label, "score": score, "probabilities": probabilities,
                 "latency_ms": latency_ms,
@@ -130,8 +146,7 @@ class CtloopClient:
                 value = self.serde.encode(ev.PREDICTION_LOGGED, record, topic)
             except EncodeError as exc:
                 raise InvalidEvent("record", str(exc)) from None
-        self.producer.produce_raw(topic, value, prediction_id)
-        return prediction_id
+        return value
 
     # -- feedback -------------------------------------------------------------------------------
     def log_feedback(self, prediction_id: str, deployment: str, *, label: str | None = None,
