@@ -17,7 +17,8 @@ import logging
 import threading
 
 from processors.policies import Decision, PromotionPolicy, RollbackWatch
-from processors.shadow_comparison import decode_message, iter_outcomes, outcomes_topic
+from processors.dead_letters import decode_message
+from processors.shadow_comparison import iter_outcomes, outcomes_topic
 from streams import catalog as ev
 from streams.serde import new_event
 
@@ -156,10 +157,10 @@ def register(app, ctx) -> None:
     @app.agent(ctx.faust_topics["shadow-comparisons"], name=f"{topics.prefix}promotion-policy")
     async def promotion_policy(stream):
         async for event in stream.events():
-            decoded = decode_message(ctx, component, event.message, (ev.SHADOW_COMPARISON,))
+            decoded = decode_message(ctx, event.message, component)  # the topic allows ShadowComparison only
             if decoded is None or not await caught_up():
                 continue
-            comparison = decoded.value
+            comparison = decoded[1]
             with state.lock:  # the latest comparison of each pair is judged again when settings change
                 state.latest[(comparison["deployment"], comparison["shadow_version"])] = comparison
             await guarded(evaluate, comparison)

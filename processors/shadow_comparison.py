@@ -19,10 +19,10 @@ from __future__ import annotations
 import logging
 import time
 
+from processors.dead_letters import dead_letter_message, decode_message
 from processors.policies import ComparisonAggregator, PredictionJoin
 from streams import catalog as ev
-from streams.serde import DecodeError, new_event
-from streams.validation import InvalidEvent, validate_event
+from streams.serde import new_event
 
 log = logging.getLogger(__name__)
 
@@ -45,40 +45,6 @@ def iter_outcomes(message) -> list[dict]:
     return [o for o in batch if isinstance(o, dict) and "kind" in o] if isinstance(batch, list) else []
 
 
-def dead_letter(ctx, component: str, message, reason: str, error_type: str) -> None:
-    """Send a raw faust message to the dead-letter topic with the reason and its source position."""
-    record = new_event(ev.DEAD_LETTER, ctx.serde.catalog, source_topic=message.topic,
-                       source_partition=message.partition, source_offset=message.offset,
-                       key=message.key if isinstance(message.key, bytes) else None,
-                       value=message.value if isinstance(message.value, bytes) else b"",
-                       reason=reason, error_type=error_type, component=component)
-    headers = [("ctloop-reason", reason.encode()), ("ctloop-error-type", error_type.encode()),
-               ("ctloop-source-topic", message.topic.encode()),
-               ("ctloop-source-partition", str(message.partition).encode()),
-               ("ctloop-source-offset", str(message.offset).encode())]
-    ctx.producer.produce(ctx.topics.dead_letters, ev.DEAD_LETTER, record, key=record["key"], headers=headers)
-    log.warning("%s: dead-lettered %s[%d]@%d: %s", component, message.topic, message.partition, message.offset, reason)
-
-
-def decode_message(ctx, component: str, message, allowed: tuple[str, ...]):
-    """Decoded value of a raw message of an allowed type, or None (dead-lettered)."""
-    try:
-        decoded = ctx.serde.decode(message.value)
-    except DecodeError as exc:
-        dead_letter(ctx, component, message, exc.reason, exc.error_type)
-        return None
-    if decoded.event_type not in allowed:
-        dead_letter(ctx, component, message, f"{decoded.event_type} is not allowed on {message.topic} "
-                                             f"(expects {', '.join(allowed)})", "unexpected_type")
-        return None
-    try:
-        validate_event(decoded.event_type, decoded.value)
-    except InvalidEvent as exc:
-        dead_letter(ctx, component, message, f"invalid {decoded.event_type}: {exc}", "invalid")
-        return None
-    return decoded
-
-
 def register(app, ctx) -> None:
     settings, topics = ctx.settings, ctx.topics
     component = "shadow_comparison"
@@ -93,17 +59,17 @@ def register(app, ctx) -> None:
     m_open = ctx.metrics.gauge("ctloop_shadow_join_open_entries", "Predictions waiting in the shadow join.")
 
     def join_one(message) -> list[dict]:
-        if message.topic == topics.feedback:
-            decoded = decode_message(ctx, component, message, (ev.FEEDBACK_RECEIVED,))
-            return join.on_feedback(decoded.value) if decoded else []
-        decoded = decode_message(ctx, component, message, (ev.PREDICTION_LOGGED,))
+        decoded = decode_message(ctx, message, component)  # types allowed per topic: streams/topics.py
         if decoded is None:
             return []
-        if (message.topic == topics.shadow_predictions) != (decoded.value["role"] == "shadow"):
-            dead_letter(ctx, component, message, f"role {decoded.value['role']} does not belong on {message.topic}",
-                        "invalid")
+        value = decoded[1]
+        if message.topic == topics.feedback:
+            return join.on_feedback(value)
+        if (message.topic == topics.shadow_predictions) != (value["role"] == "shadow"):
+            dead_letter_message(ctx, message, f"role {value['role']} does not belong on {message.topic}", "invalid",
+                                component)
             return []
-        return join.on_prediction(decoded.value)
+        return join.on_prediction(value)
 
     @app.agent(source, name=f"{topics.prefix}shadow-join")
     async def shadow_join(stream):
@@ -116,8 +82,8 @@ def register(app, ctx) -> None:
                     produced = join_one(event.message)
                 except Exception as exc:  # noqa: BLE001 - one bad record must not stop the stage
                     log.exception("shadow_comparison: join failed")
-                    dead_letter(ctx, component, event.message, f"join error: {type(exc).__name__}: {exc}",
-                                "processing_error")
+                    dead_letter_message(ctx, event.message, f"join error: {type(exc).__name__}: {exc}",
+                                        "processing_error", component)
                     continue
                 for outcome in produced:
                     m_outcomes.labels(outcome["kind"]).inc()

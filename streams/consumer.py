@@ -14,11 +14,10 @@ from typing import Callable, Iterable
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-from streams import catalog as ev
+from streams.dead_letters import Rejected, decode_checked, publish_dead_letter
 from streams.producer import EventProducer
-from streams.serde import DecodeError, Serde, new_event
+from streams.serde import DecodeError, Serde
 from streams.topics import Topics
-from streams.validation import InvalidEvent, validate_event
 
 log = logging.getLogger(__name__)
 
@@ -98,21 +97,10 @@ class EventConsumer:
             topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
             self._pending[(topic, partition)] = offset + 1
             try:
-                decoded = self.serde.decode(msg.value())
-            except DecodeError as exc:
+                decoded = decode_checked(self.serde, self.topics_registry, topic, msg.value(), validate=self.validate)
+            except Rejected as exc:
                 self.dead_letter(msg, exc.reason, exc.error_type)
                 continue
-            spec = self.topics_registry.spec_of(topic)
-            if spec is not None and decoded.event_type not in spec.event_types:
-                self.dead_letter(msg, f"{decoded.event_type} is not allowed on {topic} (expects {', '.join(spec.event_types)})",
-                                 "unexpected_type")
-                continue
-            if self.validate:
-                try:
-                    validate_event(decoded.event_type, decoded.value)
-                except InvalidEvent as exc:
-                    self.dead_letter(msg, f"invalid {decoded.event_type}: {exc}", "invalid")
-                    continue
             ts = msg.timestamp()[1]
             events.append(Event(decoded.event_type, decoded.value, topic, partition, offset, msg.key(), ts))
         return events
@@ -125,16 +113,9 @@ class EventConsumer:
         else:
             topic, partition, offset = msg_or_event.topic(), msg_or_event.partition(), msg_or_event.offset()
             key, value = msg_or_event.key(), msg_or_event.value()
-        dlq_topic = self.topics_registry.dead_letters
-        record = new_event(ev.DEAD_LETTER, self.serde.catalog, source_topic=topic, source_partition=partition,
-                           source_offset=offset, key=key, value=value, reason=reason, error_type=error_type,
-                           component=self.component)
-        headers = [("ctloop-reason", reason.encode()), ("ctloop-error-type", error_type.encode()),
-                   ("ctloop-source-topic", topic.encode()), ("ctloop-source-partition", str(partition).encode()),
-                   ("ctloop-source-offset", str(offset).encode())]
-        self.dlq.produce(dlq_topic, ev.DEAD_LETTER, record, key=key, headers=headers)
+        publish_dead_letter(self.dlq, self.topics_registry, topic=topic, partition=partition, offset=offset, key=key,
+                            value=value, reason=reason, error_type=error_type, component=self.component)
         self.dead_lettered += 1
-        log.warning("%s: dead-lettered %s[%d]@%d: %s", self.component, topic, partition, offset, reason)
 
     # -- committing -----------------------------------------------------------------------------
     def commit(self) -> None:
