@@ -7,33 +7,20 @@ import uuid
 from confluent_kafka import Consumer
 
 from streams import catalog as ev
-from streams.consumer import end_offset_consumer, probe_end_offsets
+from streams.consumer import end_offsets
 from streams.serde import new_event
 from streams.topics import Topics
 
 
-def snapshot_consumer(settings) -> Consumer:
-    """A consumer to reuse across snapshots (see streams.consumer.end_offsets)."""
-    return end_offset_consumer(settings)
-
-
 def labeled_examples_snapshot(settings, consumer: Consumer | None = None, timeout_s: float = 10.0) -> list[dict]:
     """[{partition, start_offset: 0, end_offset}] of every labeled-examples partition, now.
-    Flush the producer of labeled examples first so the snapshot includes them."""
+    Flush the producer of labeled examples first so the snapshot includes them. ``consumer``: one from
+    streams.consumer.end_offset_consumer, reused across snapshots."""
     topic = Topics.from_settings(settings).labeled_examples
-    own = consumer is None
-    consumer = consumer or snapshot_consumer(settings)
-    try:
-        md = consumer.list_topics(topic, timeout=timeout_s)
-        t = md.topics.get(topic)
-        if t is None or t.error is not None:
-            raise RuntimeError(f"topic {topic} is not available: {t.error if t else 'missing'}")
-        ends = probe_end_offsets(consumer, topic, sorted(t.partitions), timeout_s)
-        out = [{"partition": p, "start_offset": 0, "end_offset": ends[p]} for p in sorted(ends)]
-        return out
-    finally:
-        if own:
-            consumer.close()
+    ends = end_offsets(settings, topic, timeout_s=timeout_s, consumer=consumer)
+    if not ends:
+        raise RuntimeError(f"topic {topic} is not available")
+    return [{"partition": p, "start_offset": 0, "end_offset": ends[p]} for p in sorted(ends)]
 
 
 def trigger_record(settings, deployment: str, reason: str, evidence: dict, snapshot: list[dict], *,

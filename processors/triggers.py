@@ -19,9 +19,10 @@ from processors.dead_letters import decode_message
 from processors.deployment_view import DeploymentView
 from processors.follower import LogFollower
 from processors.performance import PerformanceTracker
-from processors.snapshot import labeled_examples_snapshot, snapshot_consumer, trigger_record
+from processors.snapshot import labeled_examples_snapshot, trigger_record
 from processors.trigger_policy import TriggerPolicy
 from streams import catalog as ev
+from streams.consumer import end_offset_consumer
 from streams.serde import now_ms
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,7 @@ def register(app, ctx) -> None:
     rolling_p = m.gauge("ctloop_performance_rolling_precision", "Rolling macro precision of the live model.", ("deployment",))
     rolling_r = m.gauge("ctloop_performance_rolling_recall", "Rolling macro recall of the live model.", ("deployment",))
     baseline_g = m.gauge("ctloop_performance_baseline_accuracy", "Accuracy the live model is judged against.", ("deployment",))
-    consumer = snapshot_consumer(settings)
+    consumer = end_offset_consumer(settings)
 
     async def fire(dep: str, reason: str, evidence: dict) -> bool:
         s = view.get(dep)
