@@ -63,17 +63,6 @@ def _latencies(serving, rows: list[dict]) -> list[float]:
     return out
 
 
-def _wait(condition, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not reached within {timeout_s}s")
-        time.sleep(0.02)  # polling with a deadline
-
-
 def run(quick: bool = False) -> list[dict]:
     import random
 
@@ -86,7 +75,7 @@ def run(quick: bool = False) -> list[dict]:
     from streams.sdk import CtloopClient
     from streams.serving import Deployment
     from streams.topics import Topics, ensure_topics
-    from tests.helpers.processes import running_processors
+    from tests.helpers.processes import running_processors, wait_for
 
     n = 400 if quick else 3000
     min_samples = 100 if quick else 300
@@ -172,7 +161,7 @@ def run(quick: bool = False) -> list[dict]:
                              if e.event_type == ev.MODEL_PROMOTED and e.value["deployment"] == dep]
                     promoted = found[0] if found else None
             watcher.join(60)
-            promoted = _wait(lambda: next((e for e in read_to_end(settings, topics.model_updates, timeout_s=10)
+            promoted = wait_for(lambda: next((e for e in read_to_end(settings, topics.model_updates, timeout_s=10)
                                            if e.event_type == ev.MODEL_PROMOTED), None), 60, "ModelPromoted")
             comparisons = [e.value for e in read_to_end(settings, topics.shadow_comparisons, timeout_s=10)
                            if e.value["labeled_samples"] >= min_samples]
