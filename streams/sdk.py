@@ -25,6 +25,11 @@ from streams.topics import Topics
 from streams.validation import (_NUMBERS, FEEDBACK_KINDS, FEEDBACK_TYPES, ROLES, VERDICTS, InvalidEvent,
                                 check_features, check_probabilities, check_str)
 
+try:  # the C hot path, built by setup.py where a compiler is available (streams/_speedups.c)
+    from streams._speedups import encode_prediction as _encode_prediction_c
+except ImportError:  # pragma: no cover - depends on the build
+    _encode_prediction_c = None
+
 
 _PREDICTION_FIELDS = ("event_id", "event_time", "prediction_id", "deployment", "model_name", "model_version", "role",
                       "features", "label", "score", "probabilities", "latency_ms")
@@ -52,6 +57,10 @@ class CtloopClient:
         self._encode_feedback = self.serde._encoder(ev.FEEDBACK_RECEIVED)[1]
         self._prediction_header = self.serde.single_object_header(ev.PREDICTION_LOGGED) if self.serde.registry is None else None
         self._packer = PredictionPacker(self._prediction_header) if self._prediction_header is not None else None
+        # The C encoder writes the fields in _PREDICTION_FIELDS order after the single-object header:
+        # only for that schema and framing, and only when settings allow it.
+        self._encode_fast = (_encode_prediction_c if settings.sdk_speedups and self._packer is not None
+                             and self._encode_prediction_fields is not None else None)
         self._feedback_header = self.serde.single_object_header(ev.FEEDBACK_RECEIVED) if self.serde.registry is None else None
         self._settings_client = None
 
@@ -61,6 +70,24 @@ class CtloopClient:
                        role: str = "primary", prediction_id: str | None = None, latency_ms: float = 0.0,
                        event_time: int | None = None) -> str:
         """Log one prediction; returns its prediction id (give it to log_feedback)."""
+        encode = self._encode_fast
+        if encode is not None:  # checks and encodes in one C call; None means "not the plain case"
+            if prediction_id is None:
+                prediction_id = self._uuid()
+            value = encode(self._prediction_header, self._uuid(),
+                           time.time_ns() // 1_000_000 if event_time is None else event_time, prediction_id,
+                           deployment, model_name, model_version, role, features, label, score, probabilities,
+                           latency_ms)
+            if value is not None:
+                self.producer.produce_raw(self._shadow_topic if role == "shadow" else self._predictions_topic,
+                                          value, prediction_id)
+                return prediction_id
+        return self._log_prediction_checked(deployment, features, label, score, probabilities, model_version,
+                                            model_name, role, prediction_id, latency_ms, event_time)
+
+    def _log_prediction_checked(self, deployment, features, label, score, probabilities, model_version, model_name,
+                                role, prediction_id, latency_ms, event_time) -> str:
+        """The Python path: every check names the field it refuses; encodes any valid record."""
         # Checks are ordered for the common case (plain str/float arguments): each falls back to a
         # precise check that names the field only when the cheap test fails.
         if deployment.__class__ is not str or not deployment:

@@ -137,9 +137,10 @@ BAD_PREDICTIONS = [
 ]
 
 
+@pytest.mark.parametrize("speedups", [True, False], ids=["c-encoder", "python"])
 @pytest.mark.parametrize("field, change", BAD_PREDICTIONS, ids=[f"{f}-{i}" for i, (f, _) in enumerate(BAD_PREDICTIONS)])
-def test_invalid_prediction_is_refused_naming_the_field(settings, field, change):
-    with CtloopClient(settings) as client:
+def test_invalid_prediction_is_refused_naming_the_field(settings, field, change, speedups):
+    with CtloopClient(settings.replace(sdk_speedups=speedups)) as client:
         kwargs = {**GOOD, **change}
         deployment, features = kwargs.pop("deployment"), kwargs.pop("features")
         with pytest.raises(InvalidEvent) as err:
