@@ -129,7 +129,9 @@ static int put_str(Buffer *b, PyObject *s, int allow_empty) {
 }
 
 /* A finite number from a float (numpy.float64 included: a float subclass) or an exact int (bool and other int
- * subclasses are refused, as the Python checks refuse bool). */
+ * subclasses are refused, as the Python checks refuse bool). A float subclass is taken at its stored value
+ * without calling Python code (so a dict cannot change while it is walked); only a subclass whose __float__
+ * returns a different number would be encoded differently by the Python path, which calls __float__. */
 static int as_finite(PyObject *v, double *out) {
     double x;
     if (PyFloat_Check(v)) {
