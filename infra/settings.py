@@ -107,7 +107,7 @@ class Settings:
     gate_holdout_tolerance: float = 0.01
     """How much worse than the champion a candidate may be on the recent holdout and regression set."""
     gate_segment_tolerance: float = 0.05
-    """How much worse than the champion a candidate may be on any class (recall per true class)."""
+    """How much worse than the champion a candidate may be on any class (F1 per class, recent holdout)."""
     gate_forgetting_tolerance: float = 0.05
     """How much worse than the champion a candidate may be on historical examples (forgetting)."""
     # --- serving, shadow comparison, promotion (serving) ---------------------------------------------
