@@ -16,9 +16,8 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 
-from confluent_kafka import TopicPartition
-
 from streams import catalog as ev
+from streams.consumer import end_offsets
 from streams.producer import EventProducer
 from streams.sdk import CtloopClient
 from streams.serde import new_event
@@ -41,14 +40,24 @@ class Scenario:
     """Events produced per table name."""
 
 
-def _end_offsets(settings, topic: str, partitions: int) -> list[dict]:
-    """The snapshot a trigger takes: end offsets of every partition (start 0)."""
-    from confluent_kafka.admin import AdminClient, OffsetSpec
+def scenario_settings(kafka_bootstrap: str, clickhouse_url: str, data_dir, database_prefix: str):
+    """Settings of one isolated scenario run: its own topic prefix and ClickHouse database; topics created."""
+    from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
-    futures = admin.list_offsets({TopicPartition(topic, p): OffsetSpec.latest() for p in range(partitions)},
-                                 request_timeout=10)
-    ends = {tp.partition: f.result(timeout=10).offset for tp, f in futures.items()}
+    from infra.settings import Settings
+    from streams.topics import ensure_topics
+
+    settings = Settings(bootstrap_servers=kafka_bootstrap, topic_prefix=f"t{uuid.uuid4().hex[:10]}.",
+                        data_dir=str(data_dir), clickhouse_url=clickhouse_url,
+                        clickhouse_database=f"{database_prefix}_{uuid.uuid4().hex[:10]}", sink_flush_interval_s=0.2)
+    ensure_topics(AdminClient({"bootstrap.servers": kafka_bootstrap}), Topics.from_settings(settings))
+    return settings
+
+
+def _snapshot(settings, topic: str, partitions: int) -> list[dict]:
+    """The snapshot a trigger takes: end offsets of every partition (start 0), read as the trigger reads
+    them (streams.consumer.end_offsets, right on the embedded broker for multi-record batches too)."""
+    ends = end_offsets(settings, topic)
     return [{"partition": p, "start_offset": 0, "end_offset": ends[p]} for p in range(partitions)]
 
 
@@ -90,9 +99,6 @@ def publish_scenario(settings, *, garbage: bool = True) -> Scenario:
              deployment=deployment, model_version="1", role="primary", features={"x": float(i)},
              predicted_label="a", label="a", correct=i % 3 != 0, feedback_event_id=str(uuid.uuid4()),
              prediction_time=T0 + i * MIN, feedback_time=ft, event_time=ft + 1000)
-        # one record per produce request: the embedded Tansu broker reports a partition's end offset as
-        # (base offset of its last batch + 1), which undercounts multi-record batches
-        producer.flush()
 
     for i in range(6):
         labeled(i)
@@ -100,11 +106,11 @@ def publish_scenario(settings, *, garbage: bool = True) -> Scenario:
     labeled(1, "churn", sc.churn_predictions[1])
     producer.flush()
     parts = topics.partitions("labeled-examples")
-    sc.snapshot1 = _end_offsets(settings, topics.labeled_examples, parts)
+    sc.snapshot1 = _snapshot(settings, topics.labeled_examples, parts)
     for i in range(6, 10):
         labeled(i)
     producer.flush()
-    sc.snapshot2 = _end_offsets(settings, topics.labeled_examples, parts)
+    sc.snapshot2 = _snapshot(settings, topics.labeled_examples, parts)
 
     # drift, trigger, training, registry
     for k, detected in enumerate((False, False, True)):

@@ -1,26 +1,16 @@
 """Each analytics view answers correctly on a known scenario published on Kafka and sunk into ClickHouse."""
 from __future__ import annotations
 
-import uuid
-
 import pytest
 
 from processors.clickhouse_sink import ClickHouseSink
-from tests.clickhouse_scenario import publish_scenario
+from tests.clickhouse_scenario import publish_scenario, scenario_settings
 
 
 @pytest.fixture(scope="module")
 def loaded(kafka_bootstrap, clickhouse_url, tmp_path_factory):
     """One scenario, sunk once, shared by the view tests of this module (read-only)."""
-    from confluent_kafka.admin import AdminClient
-
-    from infra.settings import Settings
-    from streams.topics import Topics, ensure_topics
-
-    settings = Settings(bootstrap_servers=kafka_bootstrap, topic_prefix=f"t{uuid.uuid4().hex[:10]}.",
-                        data_dir=str(tmp_path_factory.mktemp("views")), clickhouse_url=clickhouse_url,
-                        clickhouse_database=f"v_{uuid.uuid4().hex[:10]}", sink_flush_interval_s=0.2)
-    ensure_topics(AdminClient({"bootstrap.servers": kafka_bootstrap}), Topics.from_settings(settings))
+    settings = scenario_settings(kafka_bootstrap, clickhouse_url, tmp_path_factory.mktemp("views"), "v")
     scenario = publish_scenario(settings)
     with ClickHouseSink(settings) as sink:
         sink.run_until_caught_up(timeout_s=60)
