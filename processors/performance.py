@@ -43,6 +43,7 @@ class PerformanceTracker:
 
     def reset(self, champion_version: str | None = None, champion_accuracy: float | None = None) -> None:
         self.pairs: deque = deque(maxlen=self.window)
+        self._metrics: dict[str, float] | None = None  # of self.pairs; None: changed since last computed
         self.champion_version = champion_version
         self.baseline = champion_accuracy
         self.baseline_source = "champion_validation" if champion_accuracy is not None else None
@@ -59,12 +60,17 @@ class PerformanceTracker:
         if self.champion_version is not None and model_version != self.champion_version:
             return  # another model's predictions (e.g. the previous champion's, still in flight)
         self.pairs.append((label, predicted))
+        self._metrics = None
         if self.baseline is None and len(self.pairs) >= self.window:
-            self.baseline = classification_metrics(self.pairs)["accuracy"]
+            self.baseline = self.metrics()["accuracy"]
             self.baseline_source = "first_window"
 
     def metrics(self) -> dict[str, float]:
-        return classification_metrics(self.pairs)
+        """Rolling metrics of the window, computed once per change (the triggers stage asks for them per
+        batch and decay() again, and its timer every half second)."""
+        if self._metrics is None:
+            self._metrics = classification_metrics(self.pairs)
+        return self._metrics
 
     def decay(self, threshold: float) -> dict | None:
         """Evidence when rolling accuracy fell more than ``threshold`` below the baseline, else None."""
