@@ -16,7 +16,9 @@ import click
 from infra.settings import Settings, settings_table
 
 
-def _require_bootstrap(settings: Settings) -> str:
+def require_bootstrap(settings: Settings) -> str:
+    """The configured bootstrap servers; a usage error naming the variable when there are none (for the
+    commands that talk to a running cluster)."""
     if not settings.bootstrap_servers:
         raise click.UsageError("no Kafka configured: set CTLOOP_BOOTSTRAP_SERVERS (`ctloop broker` prints an address)")
     return settings.bootstrap_servers
@@ -86,7 +88,7 @@ def tail_lines(settings: Settings, topic: str, *, from_beginning: bool = False, 
     from streams.serde import DecodeError, Serde
     from streams.topics import Topics
 
-    bootstrap = _require_bootstrap(settings)
+    bootstrap = require_bootstrap(settings)
     name = Topics.from_settings(settings).resolve(topic)
     serde = Serde.from_settings(settings)
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "ctloop-tail", "enable.auto.commit": False,
@@ -137,7 +139,7 @@ def topics_command(settings: Settings, as_json: bool) -> None:
 
     from streams.topics import Topics, ensure_topics
 
-    admin = AdminClient({"bootstrap.servers": _require_bootstrap(settings)})
+    admin = AdminClient({"bootstrap.servers": require_bootstrap(settings)})
     registry = Topics.from_settings(settings)
     status = ensure_topics(admin, registry)
     md = admin.list_topics(timeout=10)

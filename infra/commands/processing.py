@@ -7,10 +7,7 @@ import json
 
 import click
 
-
-def _require_bootstrap(settings) -> None:
-    if not settings.bootstrap_servers:
-        raise click.UsageError("no Kafka configured: set CTLOOP_BOOTSTRAP_SERVERS (`ctloop broker` prints an address)")
+from infra.commands.core import require_bootstrap
 
 
 def register(cli: click.Group) -> None:
@@ -23,7 +20,7 @@ def register(cli: click.Group) -> None:
         until SIGTERM/SIGINT. Serves Prometheus metrics."""
         from processors.worker import run_worker
 
-        _require_bootstrap(settings)
+        require_bootstrap(settings)
         if stages is not None:
             settings = settings.replace(processor_stages=stages)
         if metrics_port is not None:
@@ -40,7 +37,7 @@ def register(cli: click.Group) -> None:
         """Publish a manual training trigger for DEPLOYMENT (snapshot: labeled examples so far)."""
         from processors.snapshot import publish_manual_trigger
 
-        _require_bootstrap(settings)
+        require_bootstrap(settings)
         try:
             user = requested_by or getpass.getuser()
         except Exception:  # noqa: BLE001 - no user name in some containers

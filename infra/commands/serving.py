@@ -10,17 +10,13 @@ import json
 
 import click
 
+from infra.commands.core import require_bootstrap
 from infra.settings import Settings
 from streams import catalog as ev
 
 
 class DecisionError(ValueError):
     """A manual decision that cannot be made (unknown version, nothing to roll back to...)."""
-
-
-def _require_bootstrap(settings: Settings) -> None:
-    if not settings.bootstrap_servers:
-        raise click.UsageError("no Kafka configured: set CTLOOP_BOOTSTRAP_SERVERS (`ctloop broker` prints an address)")
 
 
 def deployment_status(settings: Settings, deployment: str, *, decisions: int = 10, timeout_s: float = 15.0) -> dict:
@@ -168,7 +164,7 @@ def register(cli: click.Group) -> None:
     @click.pass_obj
     def status_cmd(settings: Settings, deployment: str, as_json: bool) -> None:
         """Champion, shadow, live comparison and recent decisions of DEPLOYMENT."""
-        _require_bootstrap(settings)
+        require_bootstrap(settings)
         status = deployment_status(settings, deployment)
         click.echo(json.dumps(status, indent=2, default=str) if as_json else _format_status(status))
 
@@ -179,7 +175,7 @@ def register(cli: click.Group) -> None:
     @click.pass_obj
     def promote_cmd(settings: Settings, deployment: str, version: str, reason: str) -> None:
         """Make VERSION the champion of DEPLOYMENT (a ModelPromoted event, decided_by manual)."""
-        _require_bootstrap(settings)
+        require_bootstrap(settings)
         try:
             record = manual_promote(settings, deployment, version, reason=reason)
         except DecisionError as exc:
@@ -193,7 +189,7 @@ def register(cli: click.Group) -> None:
     @click.pass_obj
     def rollback_cmd(settings: Settings, deployment: str, to_version: str | None, reason: str) -> None:
         """Restore the previous champion of DEPLOYMENT (a ModelRolledBack event, decided_by manual)."""
-        _require_bootstrap(settings)
+        require_bootstrap(settings)
         try:
             record = manual_rollback(settings, deployment, to_version, reason=reason)
         except DecisionError as exc:

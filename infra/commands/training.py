@@ -7,10 +7,7 @@ from datetime import datetime, timezone
 
 import click
 
-
-def _require_bootstrap(settings) -> None:
-    if not settings.bootstrap_servers:
-        raise click.UsageError("no Kafka configured: set CTLOOP_BOOTSTRAP_SERVERS (`ctloop broker` prints an address)")
+from infra.commands.core import require_bootstrap
 
 
 def model_rows(registry, deployment: str) -> list[dict]:
@@ -50,7 +47,7 @@ def register(cli: click.Group) -> None:
         """Run a trainer: consume training triggers (group <prefix>trainers) until SIGTERM/SIGINT."""
         from trainers.worker import serve
 
-        _require_bootstrap(settings)
+        require_bootstrap(settings)
         if device is not None:
             settings = settings.replace(trainer_device=device)
         if metrics_port is not None:
@@ -67,7 +64,7 @@ def register(cli: click.Group) -> None:
         """List the model versions of DEPLOYMENT with alias, metrics and lineage."""
         from trainers.registry import ModelRegistry
 
-        _require_bootstrap(settings)
+        require_bootstrap(settings)
         registry = ModelRegistry.load(settings, timeout_s=timeout_s)
         rows = model_rows(registry, deployment)
         if as_json:
