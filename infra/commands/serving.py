@@ -20,13 +20,17 @@ class DecisionError(ValueError):
 
 
 def deployment_status(settings: Settings, deployment: str, *, decisions: int = 10, timeout_s: float = 15.0) -> dict:
-    """Champion, shadow, canary fraction, latest live comparison and recent decisions of a deployment."""
+    """Champion, shadow, canary fraction, latest live comparison, feedback-loop counters (the latest
+    FeedbackLoopStats by offset in the deployment's feedback-stats partition, see
+    :mod:`processors.latest_stats`) and recent decisions of a deployment."""
+    from processors.latest_stats import latest_feedback_stats
     from streams.consumer import read_to_end
     from streams.deployments import DeploymentSettingsClient
     from streams.topics import Topics
     from trainers.registry import ModelRegistry
 
     topics = Topics.from_settings(settings)
+    feedback = latest_feedback_stats(settings, deployment, timeout_s=timeout_s)
     registry = ModelRegistry.load(settings, timeout_s=timeout_s)
     settings_client = DeploymentSettingsClient(settings)
     try:
@@ -62,6 +66,7 @@ def deployment_status(settings: Settings, deployment: str, *, decisions: int = 1
                                               "significance_level", "rollback_margin")},
         "versions": [{"version": m.version, "alias": m.alias} for m in registry.versions(deployment)],
         "live_comparison": comparisons[-1] if comparisons else None,
+        "feedback_loop": _feedback_loop(feedback),
         "recent_decisions": recent,
     }
 
@@ -131,6 +136,38 @@ def manual_rollback(settings: Settings, deployment: str, to_version: str | None 
         to_version=target.version, decided_by="manual", reason=reason))
 
 
+_FEEDBACK_FIELDS = ("predictions_logged", "feedback_received", "reviewed", "added_to_training",
+                    "reviewed_since_last_training", "trigger_threshold", "progress", "feedback_dead_lettered")
+
+
+def _feedback_loop(found: dict | None) -> dict | None:
+    """The status's ``feedback_loop`` entry from :func:`processors.latest_stats.latest_feedback_stats`:
+    the counters of the latest FeedbackLoopStats (``progress`` is a ratio 0..1), when it was published
+    (``event_time``, ms) and where it is (``partition``, ``offset``); None when there are none."""
+    if found is None:
+        return None
+    stats = found["stats"] or {}
+    loop = {k: stats.get(k) for k in _FEEDBACK_FIELDS}
+    loop.update(event_time=stats.get("event_time"), partition=found["partition"], offset=found["offset"],
+                other_partitions=found["other_partitions"])
+    return loop
+
+
+def _format_feedback_loop(loop: dict | None) -> list[str]:
+    if loop is None:
+        return ["feedback loop  (no feedback-stats yet)"]
+    if loop["offset"] is None:
+        return [f"feedback loop  (none on its key partition {loop['partition']}; "
+                f"stats on partitions {loop['other_partitions']}: check CTLOOP_PRODUCER_PARTITIONER)"]
+    threshold = loop["trigger_threshold"]
+    progress = (f"{loop['reviewed_since_last_training']}/{threshold} ({loop['progress']:.0%}) to the next training"
+                if threshold else f"{loop['reviewed_since_last_training']} since the last training (no threshold)")
+    return [f"feedback loop  logged {loop['predictions_logged']}, feedback {loop['feedback_received']}, "
+            f"reviewed {loop['reviewed']}, added to training {loop['added_to_training']}, "
+            f"dead-lettered {loop['feedback_dead_lettered']}",
+            f"  threshold progress {progress}  (feedback-stats[{loop['partition']}]@{loop['offset']})"]
+
+
 def _format_status(status: dict) -> str:
     lines = [f"deployment   {status['deployment']}",
              f"champion     {status['champion'] or '(none)'}",
@@ -151,6 +188,7 @@ def _format_status(status: dict) -> str:
         lines.append(f"  {'p95 ms':<10} {c['primary_latency_p95_ms']:>9.3f} {c['shadow_latency_p95_ms']:>9.3f}")
     else:
         lines.append("live comparison  (none yet)")
+    lines.extend(_format_feedback_loop(status.get("feedback_loop")))
     lines.append("recent decisions" + ("" if status["recent_decisions"] else "  (none)"))
     for d in status["recent_decisions"]:
         lines.append(f"  {d['time']}  {d['decided_by']:<6} {d['decision']}: {d['reason']}")
@@ -163,7 +201,7 @@ def register(cli: click.Group) -> None:
     @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
     @click.pass_obj
     def status_cmd(settings: Settings, deployment: str, as_json: bool) -> None:
-        """Champion, shadow, live comparison and recent decisions of DEPLOYMENT."""
+        """Champion, shadow, live comparison, feedback-loop counters and recent decisions of DEPLOYMENT."""
         require_bootstrap(settings)
         status = deployment_status(settings, deployment)
         click.echo(json.dumps(status, indent=2, default=str) if as_json else _format_status(status))
