@@ -57,6 +57,9 @@ def build_app(settings: Settings, *, stages=STAGES, metrics: Metrics | None = No
         broker_session_timeout=settings.session_timeout_ms / 1000,
         broker_heartbeat_interval=settings.heartbeat_interval_ms / 1000,
         consumer_auto_offset_reset="earliest",
+        # no standby copies: faust applies a standby partition's changelog to the same in-memory table,
+        # so a worker would sweep (expire) and hold state of partitions another worker owns
+        table_standby_replicas=0,
         web_enabled=False,
         topic_allow_declare=True,
         datadir=str(datadir),

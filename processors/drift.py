@@ -5,11 +5,16 @@ for ADWIN). A follower folds deployments (drift_threshold) and model-updates: af
 the deployment's reference and detectors reset, so the new champion is judged on traffic after its
 promotion. The reference is the deployment's attached base dataset (``attach_dataset_version``,
 numeric columns) when it has one, else the first window of traffic. Window state is in memory: after a restart the first window becomes the reference again.
-Per-deployment aggregation: run this stage in one worker.
+Windows are per deployment in one place whatever the number of workers: ``forward`` reads predictions
+and labeled examples (keyed by prediction id, so spread over every worker) and re-keys the primary
+role's feature rows and outcomes by deployment, in arrival order, to the internal topic
+``<prefix>drift-inputs``; ``measure`` reads that topic on the deployment's owner
+(processors/ownership.py) and fills the windows.
 """
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 
 from processors.dead_letters import dead_letter, decode_message
@@ -17,10 +22,12 @@ from processors.deployment_view import DeploymentView
 from processors.drift_detection import DeploymentDrift, load_reference
 from processors.follower import LogFollower
 from streams import catalog as ev
+from streams.record_size import RecordTooLarge, json_batches
 from streams.serde import new_event
 
 log = logging.getLogger(__name__)
 COMPONENT = "processors.drift"
+INPUTS_KEY = "drift-inputs"
 
 
 def register(app, ctx) -> None:
@@ -73,46 +80,78 @@ def register(app, ctx) -> None:
 
     source = app.topic(topics.predictions, topics.labeled_examples, key_type=bytes, value_type=bytes,
                        key_serializer="raw", value_serializer="raw")
+    inputs_topic = f"{settings.topic_prefix}{INPUTS_KEY}"
 
-    @app.agent(source, name=COMPONENT)
-    async def measure(stream):
+    @app.agent(source, name=f"{COMPONENT}.forward")
+    async def forward(stream):
+        """predictions + labeled examples (any partition) -> drift-inputs keyed by deployment:
+        ``{"items": [["p", features, event_time, model_version] | ["o", correct], ...]}``."""
         async for events in stream.take_events(4000, within=0.05):
-            produced = False
-            while promoted:
-                detectors.pop(promoted.pop(), None)
+            by_dep: dict[str, list] = {}
             for event in events:
                 decoded = decode_message(ctx, event.message, COMPONENT)
                 if decoded is None:
                     continue
                 etype, value = decoded
-                dep = value["deployment"]
                 if value["role"] != "primary":
                     continue
-                if etype == ev.LABELED_EXAMPLE:
-                    detector(dep).add_outcome(bool(value["correct"]))
-                    continue
-                versions[dep] = value["model_version"]
+                item = (["o", bool(value["correct"])] if etype == ev.LABELED_EXAMPLE else
+                        ["p", value["features"], int(value["event_time"]), value["model_version"]])
+                by_dep.setdefault(value["deployment"], []).append(item)
+            for dep, items in by_dep.items():
+                # batches sized to max_message_bytes; a row over it alone (huge features) is not measured
+                for raw, _ in json_batches(items, settings.max_message_bytes, key=dep, what="a drift input row",
+                                           on_oversize=lambda _item, exc: log.error("drift: %s", exc)):
+                    ctx.producer.produce_raw(inputs_topic, raw, key=dep)
+            if by_dep:
+                await asyncio.get_running_loop().run_in_executor(None, ctx.producer.flush)
+
+    inputs = app.topic(inputs_topic, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+
+    @app.agent(inputs, name=COMPONENT)
+    async def measure(stream):
+        async for events in stream.take_events(100, within=0.05):
+            produced = False
+            while promoted:
+                detectors.pop(promoted.pop(), None)
+            for event in events:
                 try:
-                    result = detector(dep).add(value["features"], int(value["event_time"]))
-                except Exception as exc:  # noqa: BLE001 - a window that cannot be measured must not stop the stage
-                    log.exception("drift: window of %s failed", dep)
-                    dead_letter(ctx, topic=event.message.topic, partition=event.message.partition,
-                                offset=event.message.offset, key=event.message.key, value=event.message.value,
-                                reason=f"drift window failed: {type(exc).__name__}: {exc}",
-                                error_type="processing_error", component=COMPONENT)
-                    detectors.pop(dep, None)
+                    dep = event.message.key.decode()
+                    items = json.loads(event.message.value)["items"]
+                except Exception:  # noqa: BLE001 - an internal record we cannot use
+                    log.exception("drift: inputs record rejected")
                     continue
-                if result is None:
-                    continue
-                threshold = float(view.get(dep)["drift_threshold"])
-                detected = threshold > 0 and result["drift_share"] >= threshold
-                record = new_event(ev.DRIFT_MEASURED, deployment=dep, model_version=versions.get(dep, ""),
-                                   drift_threshold=threshold, drift_detected=detected, **result)
-                ctx.producer.produce(topics.drift, ev.DRIFT_MEASURED, record, key=dep)
-                share_g.labels(dep).set(result["drift_share"])
-                for f in result["features"]:
-                    psi_g.labels(dep, f["feature"]).set(f["psi"])
-                windows.labels(dep, str(detected).lower()).inc()
-                produced = True
+                for item in items:
+                    if item[0] == "o":
+                        detector(dep).add_outcome(bool(item[1]))
+                        continue
+                    _, features, event_time, version = item
+                    versions[dep] = version
+                    try:
+                        result = detector(dep).add(features, int(event_time))
+                    except Exception as exc:  # noqa: BLE001 - a window that cannot be measured must not stop the stage
+                        log.exception("drift: window of %s failed", dep)
+                        dead_letter(ctx, topic=event.message.topic, partition=event.message.partition,
+                                    offset=event.message.offset, key=event.message.key, value=event.message.value,
+                                    reason=f"drift window failed: {type(exc).__name__}: {exc}",
+                                    error_type="processing_error", component=COMPONENT)
+                        detectors.pop(dep, None)
+                        continue
+                    if result is None:
+                        continue
+                    threshold = float(view.get(dep)["drift_threshold"])
+                    detected = threshold > 0 and result["drift_share"] >= threshold
+                    record = new_event(ev.DRIFT_MEASURED, deployment=dep, model_version=versions.get(dep, ""),
+                                       drift_threshold=threshold, drift_detected=detected, **result)
+                    try:
+                        ctx.producer.produce(topics.drift, ev.DRIFT_MEASURED, record, key=dep)
+                    except RecordTooLarge as exc:  # a window of too many features: no record is to blame
+                        log.error("drift: the DriftMeasured of %s is not sent: %s", dep, exc)
+                        continue
+                    share_g.labels(dep).set(result["drift_share"])
+                    for f in result["features"]:
+                        psi_g.labels(dep, f["feature"]).set(f["psi"])
+                    windows.labels(dep, str(detected).lower()).inc()
+                    produced = True
             if produced:
                 await asyncio.get_running_loop().run_in_executor(None, ctx.producer.flush)

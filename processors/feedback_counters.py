@@ -8,17 +8,29 @@ A deployment's totals are the sums over its records. ``reviewed_since_last_train
 ``added_to_training`` minus the value it had at the deployment's last trigger (from the trigger's
 evidence on the triggers topic).
 
-This module is plain logic; the join stage (processors/feedback_join.py) feeds it, because only the
-join knows whether a feedback event is new, a duplicate or a correction. ``register`` of this stage
-publishes the Prometheus gauges' help text only.
+The join stage (processors/feedback_join.py) feeds :class:`FeedbackCounters`, because only the join
+knows whether a feedback event is new, a duplicate or a correction. A join worker sees only its own
+partitions, so it does not sum: after each batch it sends the records it changed (cumulative counts
+per source partition, with the offset they cover) to the internal topic ``<prefix>feedback-partials``,
+keyed by deployment (:func:`send_partials`). :func:`register_aggregation` (registered by the join
+stage) runs on the deployment's owner (processors/ownership.py): it keeps the latest record per source
+partition in the faust table ``feedback-totals`` (key: deployment), sums them and publishes
+FeedbackLoopStats and the gauges. Records are cumulative, so a duplicate or a replayed partial is
+harmless (:func:`merge_partials` keeps the record covering the most).
 """
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
 import threading
 import time
 
 from streams import catalog as ev
 from streams.serde import new_event
+
+log = logging.getLogger(__name__)
+PARTIALS_KEY = "feedback-partials"
 
 FIELDS = ("predictions_logged", "feedback_received", "reviewed", "added_to_training", "feedback_dead_lettered")
 
@@ -31,6 +43,7 @@ class FeedbackCounters:
         self._store = store or (lambda partition, key, value: self.table.__setitem__(key, value))
         self.baseline: dict[str, int] = {}  # added_to_training at the last trigger, per deployment
         self._lock = threading.Lock()
+        self._touched: dict[str, dict] = {}  # records changed since the last drain_touched()
 
     @staticmethod
     def key(deployment: str, topic_key: str, partition: int) -> str:
@@ -51,7 +64,17 @@ class FeedbackCounters:
                 raise KeyError(f"unknown counter {name!r}; known: {', '.join(FIELDS)}")
             record[name] = record.get(name, 0) + n
         self._store(partition, key, record)
+        self._touched[key] = record
         return True
+
+    def drain_touched(self) -> dict[str, dict[str, dict]]:
+        """{deployment: {record key: record}} of the records changed since the last call (the partial
+        counts a join worker sends to its deployments' owners)."""
+        touched, self._touched = self._touched, {}
+        out: dict[str, dict[str, dict]] = {}
+        for key, record in touched.items():
+            out.setdefault(key.rsplit("|", 2)[0], {})[key] = dict(record)
+        return out
 
     def totals(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
@@ -78,6 +101,157 @@ class FeedbackCounters:
                          reviewed=totals["reviewed"], added_to_training=totals["added_to_training"],
                          reviewed_since_last_training=since, trigger_threshold=int(trigger_threshold),
                          progress=float(progress), feedback_dead_lettered=totals["feedback_dead_lettered"])
+
+
+def _rank(record: dict) -> tuple[int, int]:
+    return int(record.get("off", -1)), sum(int(record.get(f, 0)) for f in FIELDS)
+
+
+def merge_partials(current: dict[str, dict], records: dict[str, dict]) -> bool:
+    """Merge partial records (``{deployment|topic|partition: record}``) into ``current`` in place,
+    keeping per key the record that covers the most (highest offset, then highest counts: counts of a
+    source partition only grow). True when anything changed. Records without a numeric ``off`` raise
+    ValueError naming the key."""
+    changed = False
+    for key, record in records.items():
+        if not isinstance(record, dict) or not isinstance(record.get("off"), int):
+            raise ValueError(f"feedback partial {key!r}: record needs an integer 'off', got {record!r}")
+        old = current.get(key)
+        if old is None or (_rank(record) > _rank(old)):
+            current[key] = record
+            changed = True
+    return changed
+
+
+def sum_partials(records: dict[str, dict]) -> dict[str, int]:
+    """A deployment's totals: the sum over its records of each counter of FIELDS."""
+    totals = {f: 0 for f in FIELDS}
+    for record in records.values():
+        for f in FIELDS:
+            totals[f] += int(record.get(f, 0))
+    return totals
+
+
+def partials_topic(app, ctx):
+    """The internal topic ``<prefix>feedback-partials`` (JSON ``{"records": {key: record}}``, keyed by
+    deployment, ``default_partitions`` partitions like feedback-stats so one worker owns both)."""
+    topic = ctx.faust_topics.get(PARTIALS_KEY)
+    if topic is None:
+        topic = ctx.faust_topics[PARTIALS_KEY] = app.topic(
+            f"{ctx.settings.topic_prefix}{PARTIALS_KEY}", key_type=bytes, key_serializer="raw",
+            value_serializer="json", partitions=ctx.topics.partitions("feedback-stats"), internal=True,
+            retention=7 * 24 * 3600.0)
+    return topic
+
+
+def send_partials(ctx, counters: "FeedbackCounters") -> int:
+    """Produce the records ``counters`` changed since the last call to ``<prefix>feedback-partials``
+    through ``ctx.producer`` (its partitioner places them like feedback-stats); flush it before the
+    source batch is acknowledged. Returns the messages produced (one per deployment)."""
+    touched = counters.drain_touched()
+    topic = f"{ctx.settings.topic_prefix}{PARTIALS_KEY}"
+    for deployment, records in touched.items():
+        ctx.producer.produce_raw(topic, json.dumps({"records": records}).encode(), key=deployment)
+    return len(touched)
+
+
+def register_aggregation(app, ctx) -> None:
+    """The owner side of the counters: sum each deployment's partial records (faust table
+    ``feedback-totals``, recovered from its changelog when the deployment's partition moves) and
+    publish FeedbackLoopStats (rate-limited by ``stats_min_interval_s``; a trigger-threshold crossing at
+    once) and the ``ctloop_feedback_*`` gauges, for the deployments this worker owns."""
+    from processors.deployment_view import DeploymentView
+    from processors.follower import LogFollower
+    from processors.ownership import Ownership
+    from processors.tables import reload_assigned_changelogs
+
+    settings, topics, m = ctx.settings, ctx.topics, ctx.metrics
+    source = partials_topic(app, ctx)
+    n = topics.partitions("feedback-stats")
+    table = app.Table("feedback-totals", default=None, partitions=n, key_type=str)
+    owner = Ownership.of_app(app, source.get_topic_name(), n, settings.producer_partitioner)
+
+    @app.on_rebalance_complete.connect
+    async def _complete_recovery(sender, **kwargs) -> None:  # noqa: ARG001 - faust signal signature
+        await asyncio.get_running_loop().run_in_executor(
+            None, reload_assigned_changelogs, app, [table], settings.bootstrap_servers)
+
+    view = DeploymentView()
+    counters = FeedbackCounters()
+    emitter = StatsEmitter(settings.stats_min_interval_s)
+
+    def on_log_event(event_type, value, topic):
+        if event_type == ev.DEPLOYMENT_CONFIGURED:
+            view.apply(event_type, value)
+            emitter.changed(value["deployment"])
+        elif event_type == ev.TRAINING_TRIGGERED:
+            counters.on_trigger(value["deployment"], value.get("evidence") or {})
+            emitter.changed(value["deployment"])
+
+    LogFollower(settings, [topics.deployments, topics.triggers], on_log_event, serde=ctx.serde,
+                name="feedback-totals-follower").start()
+
+    labels = ("deployment",)
+    g = {name: m.gauge(f"ctloop_feedback_{name}", doc, labels) for name, doc in (
+        ("predictions_logged", "Predictions logged (primary and canary) per deployment."),
+        ("received", "Feedback events received per deployment (duplicates included)."),
+        ("reviewed", "Distinct predictions with feedback per deployment."),
+        ("added_to_training", "Distinct labeled examples added to the training set per deployment."),
+        ("reviewed_since_last_training", "Labeled examples added since the deployment's last training trigger."),
+        ("progress_ratio", "reviewed_since_last_training / trigger_threshold (0 without a threshold)."),
+        ("dead_lettered", "Feedback dead-lettered (unmatched after the park TTL) per deployment."))}
+    emitted_since: dict[str, int] = {}   # reviewed_since_last_training in the last stats sent
+
+    def totals_of(dep: str) -> dict[str, int] | None:
+        records = table.get(dep)
+        return sum_partials(records) if records else None
+
+    def check_crossing(dep: str, totals: dict[str, int]) -> None:
+        threshold = view.get(dep)["trigger_threshold"]
+        since = totals["added_to_training"] - counters.baseline.get(dep, 0)
+        if threshold > 0 and since >= threshold > emitted_since.get(dep, 0):
+            emitter.urgent(dep)
+
+    def emit_due() -> None:
+        sent = False
+        for dep in emitter.due():
+            t = totals_of(dep) if owner.owns(dep) else None
+            if t is None:
+                continue
+            record = counters.stats_record(dep, t, view.get(dep)["trigger_threshold"])
+            ctx.producer.produce(topics.feedback_stats, ev.FEEDBACK_LOOP_STATS, record, key=dep)
+            sent = True
+            emitted_since[dep] = record["reviewed_since_last_training"]
+            g["predictions_logged"].labels(dep).set(t["predictions_logged"])
+            g["received"].labels(dep).set(t["feedback_received"])
+            g["reviewed"].labels(dep).set(t["reviewed"])
+            g["added_to_training"].labels(dep).set(t["added_to_training"])
+            g["reviewed_since_last_training"].labels(dep).set(record["reviewed_since_last_training"])
+            g["progress_ratio"].labels(dep).set(record["progress"])
+            g["dead_lettered"].labels(dep).set(t["feedback_dead_lettered"])
+        if sent:
+            ctx.producer.poll(0)
+
+    @app.agent(source, name=f"{ctx.topics.prefix}feedback-totals")
+    async def aggregate(stream):
+        async for event in stream.events():
+            try:
+                dep = event.key.decode() if isinstance(event.key, bytes) else str(event.key)
+                records = (event.value or {}).get("records") if isinstance(event.value, dict) else None
+                if not isinstance(records, dict):
+                    raise ValueError(f"feedback partial of {dep!r}: value needs 'records', got {event.value!r}")
+                current = dict(table.get(dep) or {})
+                if merge_partials(current, records):
+                    table[dep] = current            # changelog on the event's partition (this deployment's)
+                    emitter.changed(dep)
+                    check_crossing(dep, sum_partials(current))
+            except Exception:  # noqa: BLE001 - an internal record we cannot use must not stop the owner
+                log.exception("feedback totals: partial record rejected")
+            emit_due()
+
+    @app.timer(max(0.02, settings.stats_min_interval_s / 4))
+    async def stats_due():
+        emit_due()
 
 
 class StatsEmitter:

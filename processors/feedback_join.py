@@ -5,7 +5,10 @@ Join state (processors/join_logic.py) and counters (processors/feedback_counters
 with changelogs, written with the partition of the event that changed them, so a restarted worker
 recovers them. Labeled examples and dead letters go out through ``ctx.producer``, which is flushed
 before the batch is acknowledged: an event's outputs are durable before its offset can be committed
-(at-least-once; replays are recognised, see join_logic).
+(at-least-once; replays are recognised, see join_logic). The counters' records changed by a batch go
+to their deployments' owners (``feedback_counters.send_partials``), which sum them and publish
+FeedbackLoopStats (``feedback_counters.register_aggregation``, registered here), so any number of
+workers publishes the same stats as one.
 """
 from __future__ import annotations
 
@@ -13,13 +16,14 @@ import asyncio
 import logging
 import time
 
-from processors.dead_letters import dead_letter, decode_message
+from processors.dead_letters import dead_letter, dead_letter_failure, decode_message
 from processors.deployment_view import DeploymentView
-from processors.feedback_counters import FeedbackCounters, StatsEmitter
+from processors.feedback_counters import FeedbackCounters, register_aggregation, send_partials
 from processors.follower import LogFollower
 from processors.join_logic import FeedbackJoiner
 from processors.tables import BatchedTableWriter, reload_assigned_changelogs
 from streams import catalog as ev
+from streams.record_size import RecordTooLarge, check_size
 from streams.serde import now_ms
 
 log = logging.getLogger(__name__)
@@ -32,7 +36,9 @@ def register(app, ctx) -> None:
     state = app.Table("feedback-join", default=None, partitions=n, key_type=str)
     counts = app.Table("feedback-counts", default=None, partitions=n, key_type=str)
 
-    state_writer, counts_writer = BatchedTableWriter(state), BatchedTableWriter(counts)
+    # rows are sized before they are queued: one over max_message_bytes is a RecordTooLarge, not a crash
+    state_writer = BatchedTableWriter(state, settings.max_message_bytes)
+    counts_writer = BatchedTableWriter(counts, settings.max_message_bytes)
 
     @app.on_rebalance_complete.connect
     async def _complete_recovery(sender, **kwargs) -> None:  # noqa: ARG001 - faust signal signature
@@ -47,28 +53,11 @@ def register(app, ctx) -> None:
     view = DeploymentView()
     counters = FeedbackCounters(counts, counts_writer.write)
     joiner = FeedbackJoiner(state, state_writer.write, feedback_enabled=lambda d: view.get(d)["feedback_loop_enabled"])
-    emitter = StatsEmitter(settings.stats_min_interval_s)
+    register_aggregation(app, ctx)   # the deployments' owners sum the partial counts and publish stats
 
-    def on_log_event(event_type, value, topic):
-        if event_type == ev.DEPLOYMENT_CONFIGURED:
-            view.apply(event_type, value)
-            emitter.changed(value["deployment"])
-        elif event_type == ev.TRAINING_TRIGGERED:
-            counters.on_trigger(value["deployment"], value.get("evidence") or {})
-            emitter.changed(value["deployment"])
-
-    LogFollower(settings, [topics.deployments, topics.triggers], on_log_event, serde=ctx.serde,
-                name="feedback-join-follower").start()
+    LogFollower(settings, [topics.deployments], view.apply, serde=ctx.serde, name="feedback-join-follower").start()
 
     labels = ("deployment",)
-    g = {name: m.gauge(f"ctloop_feedback_{name}", doc, labels) for name, doc in (
-        ("predictions_logged", "Predictions logged (primary and canary) per deployment."),
-        ("received", "Feedback events received per deployment (duplicates included)."),
-        ("reviewed", "Distinct predictions with feedback per deployment."),
-        ("added_to_training", "Distinct labeled examples added to the training set per deployment."),
-        ("reviewed_since_last_training", "Labeled examples added since the deployment's last training trigger."),
-        ("progress_ratio", "reviewed_since_last_training / trigger_threshold (0 without a threshold)."),
-        ("dead_lettered", "Feedback dead-lettered (unmatched after the park TTL) per deployment."))}
     duplicates = m.counter("ctloop_feedback_duplicates_total", "Duplicate feedback (counted once).", labels)
     corrections = m.counter("ctloop_feedback_corrections_total", "Corrections that replaced an earlier label.", labels)
     ignored = m.counter("ctloop_feedback_ignored_total", "Feedback not joined because the feedback loop is off.", labels)
@@ -76,60 +65,66 @@ def register(app, ctx) -> None:
     events_in = m.counter("ctloop_feedback_join_events_total", "Events read by the feedback join.", ("topic",))
     batch_seconds = m.histogram("ctloop_feedback_join_batch_seconds", "Time to process one batch (incl. flush).")
 
-    emitted_since: dict[str, int] = {}   # reviewed_since_last_training in the last stats sent
-
-    def check_crossings(deps) -> None:
-        """A deployment whose added examples reach its trigger threshold gets its stats at once."""
-        totals = counters.totals()
-        for dep in deps:
-            threshold = view.get(dep)["trigger_threshold"]
-            t = totals.get(dep)
-            if threshold <= 0 or t is None:
-                continue
-            since = t["added_to_training"] - counters.baseline.get(dep, 0)
-            if since >= threshold > emitted_since.get(dep, 0):
-                emitter.urgent(dep)
-
-    def emit_due() -> None:
-        due = emitter.due()
-        if not due:
-            return
-        totals = counters.totals()
-        for dep in due:
-            t = totals.get(dep)
-            if t is None:
-                continue
-            record = counters.stats_record(dep, t, view.get(dep)["trigger_threshold"])
-            ctx.producer.produce(topics.feedback_stats, ev.FEEDBACK_LOOP_STATS, record, key=dep)
-            emitted_since[dep] = record["reviewed_since_last_training"]
-            g["predictions_logged"].labels(dep).set(t["predictions_logged"])
-            g["received"].labels(dep).set(t["feedback_received"])
-            g["reviewed"].labels(dep).set(t["reviewed"])
-            g["added_to_training"].labels(dep).set(t["added_to_training"])
-            g["reviewed_since_last_training"].labels(dep).set(record["reviewed_since_last_training"])
-            g["progress_ratio"].labels(dep).set(record["progress"])
-            g["dead_lettered"].labels(dep).set(t["feedback_dead_lettered"])
-        ctx.producer.poll(0)
-
     source = app.topic(topics.predictions, topics.feedback, key_type=bytes, value_type=bytes,
                        key_serializer="raw", value_serializer="raw")
 
-    crossed: set[str] = set()   # deployments with new examples in the current batch
+    def unmatched(result) -> None:
+        """Dead-letter the feedback of predictions that were dead-lettered themselves (says why)."""
+        for pid, fb in result.dead_letters:
+            _topic_key, partition, offset = fb["src"]
+            record = ctx.serde.encode(ev.FEEDBACK_RECEIVED, _feedback_record(pid, fb), topics.feedback)
+            dead_letter(ctx, topic=topics.feedback, partition=partition, offset=offset, key=pid, value=record,
+                        error_type="unmatched_feedback", component=COMPONENT, reason=fb["why"])
+
+    def rejected_prediction(msg, reason: str, decoded_value: dict | None) -> None:
+        """A prediction dead-lettered by this stage: its feedback is unmatched, saying why."""
+        pid = decoded_value.get("prediction_id") if decoded_value else None
+        if pid is None and msg.key and len(msg.key) <= 200:   # predictions are keyed by prediction id
+            pid = msg.key.decode("utf-8", "replace")
+        if not isinstance(pid, str):
+            return
+        result = joiner.on_rejected_prediction(pid, reason, msg.partition, now_ms())
+        unmatched(result)
+        for _pid, fb in result.dead_letters:
+            counters.count(fb["deployment"], "expired", msg.partition, None, feedback_dead_lettered=1)
+
+    def on_reject(msg, exc) -> None:
+        if msg.topic == topics.predictions:
+            rejected_prediction(msg, f"{exc.error_type}: {exc.reason}", exc.decoded.value if exc.decoded else None)
 
     def handle(event) -> None:
         msg = event.message
-        decoded = decode_message(ctx, msg, COMPONENT)
+        decoded = decode_message(ctx, msg, COMPONENT, on_reject=lambda exc: on_reject(msg, exc))
         topic_key = "predictions" if msg.topic == topics.predictions else "feedback"
         events_in.labels(topic_key).inc()
         if decoded is None:
             return
         _etype, value = decoded
+        # every write of this record is sized before anything is sent: if one does not fit, the table
+        # writes are undone and the record is dead-lettered (record_too_large), never half-applied
+        state_writer.begin()
+        counts_writer.begin()
+        try:
+            outputs = process(msg, topic_key, value)
+        except BaseException as exc:
+            state_writer.rollback()
+            counts_writer.rollback()
+            if topic_key == "predictions":
+                rejected_prediction(msg, f"{'record_too_large' if isinstance(exc, RecordTooLarge) else 'processing_error'}: "
+                                    f"{exc}", value)
+            raise
+        state_writer.release()
+        counts_writer.release()
+        for raw, example in outputs:
+            ctx.producer.produce_raw(topics.labeled_examples, raw, example["prediction_id"])
+            examples_out.labels(example["deployment"]).inc()
+
+    def process(msg, topic_key: str, value: dict) -> list:
+        """Join one event (table writes recorded by the writers) and return its encoded labeled examples."""
         pid, dep = value["prediction_id"], value["deployment"]
         src = [topic_key, msg.partition, msg.offset]
         now = now_ms()
-        if topic_key == "predictions":
-            if value["role"] == "shadow":
-                return
+        if topic_key == "predictions":   # role shadow is refused at the edge (streams.dead_letters)
             result = joiner.on_prediction(pid, value, src, now)
             inc = {"predictions_logged": 1}
         else:
@@ -142,20 +137,22 @@ def register(app, ctx) -> None:
             inc["reviewed"] = result.new_reviews
         if result.new_examples:
             inc["added_to_training"] = result.new_examples
+        if result.dead_letters:
+            inc["feedback_dead_lettered"] = len(result.dead_letters)
+        outputs = []
+        for example in result.examples:   # sized now: a LabeledExample over the limit undoes the join
+            raw = ctx.serde.encode(ev.LABELED_EXAMPLE, example, topics.labeled_examples)
+            check_size(f"the LabeledExample of {pid}", raw, pid, None, settings.max_message_bytes)
+            outputs.append((raw, example))
         counters.count(dep, topic_key, msg.partition, msg.offset, **inc)
-        for example in result.examples:
-            ctx.producer.produce(topics.labeled_examples, ev.LABELED_EXAMPLE, example, key=pid)
-            examples_out.labels(example["deployment"]).inc()
+        unmatched(result)
         if result.duplicates:
             duplicates.labels(dep).inc(result.duplicates)
         if result.corrections:
             corrections.labels(dep).inc(result.corrections)
         if result.ignored:
             ignored.labels(dep).inc()
-        emitter.changed(value["deployment"])
-        emitter.changed(dep)
-        if result.new_examples:
-            crossed.add(dep)
+        return outputs
 
     @app.agent(source, name=f"{COMPONENT}")
     async def join(stream):
@@ -166,18 +163,13 @@ def register(app, ctx) -> None:
                 try:
                     handle(event)
                 except Exception as exc:  # noqa: BLE001 - dead-letter the event, keep the partition moving
-                    log.exception("feedback join failed on %s[%d]@%d", event.message.topic, event.message.partition,
-                                  event.message.offset)
-                    dead_letter(ctx, topic=event.message.topic, partition=event.message.partition,
-                                offset=event.message.offset, key=event.message.key, value=event.message.value,
-                                reason=f"handler error: {type(exc).__name__}: {exc}", error_type="processing_error",
-                                component=COMPONENT)
+                    log.warning("feedback join failed on %s[%d]@%d: %s", event.message.topic,
+                                event.message.partition, event.message.offset, exc,
+                                exc_info=not isinstance(exc, RecordTooLarge))
+                    dead_letter_failure(ctx, event.message, exc, COMPONENT)
             persist()                                             # one changelog record per key and batch
+            send_partials(ctx, counters)                          # changed counts -> the deployments' owners
             await loop.run_in_executor(None, ctx.producer.flush)  # outputs durable before the batch is acked
-            if crossed:
-                check_crossings(crossed)
-                crossed.clear()
-            emit_due()
             batch_seconds.observe(time.perf_counter() - started)
 
     @app.timer(min(settings.join_sweep_interval_s, max(0.02, settings.stats_min_interval_s / 4)))
@@ -195,11 +187,10 @@ def register(app, ctx) -> None:
                             reason=(f"no prediction {pid} for deployment {fb['deployment']!r} within "
                                     f"feedback_park_ttl_s={settings.feedback_park_ttl_s:g}s"))
                 counters.count(fb["deployment"], "expired", partition, None, feedback_dead_lettered=1)
-                emitter.changed(fb["deployment"])
             persist()
             if result.dead_letters:
+                send_partials(ctx, counters)
                 await asyncio.get_running_loop().run_in_executor(None, ctx.producer.flush)
-        emit_due()
 
 
 def _feedback_record(pid: str, fb: dict) -> dict:

@@ -24,8 +24,11 @@ def labeled_examples_snapshot(settings, consumer: Consumer | None = None, timeou
 
 
 def trigger_record(settings, deployment: str, reason: str, evidence: dict, snapshot: list[dict], *,
-                   training_mode: str = "full", requested_by: str | None = None) -> dict:
-    return new_event(ev.TRAINING_TRIGGERED, trigger_id=str(uuid.uuid4()), deployment=deployment, reason=reason,
+                   training_mode: str = "full", requested_by: str | None = None, trigger_id: str | None = None) -> dict:
+    """A TrainingTriggered record. ``trigger_id``: the idempotent id of an automatic trigger
+    (processors.trigger_policy.trigger_id_for); None: a fresh random UUID (manual triggers)."""
+    return new_event(ev.TRAINING_TRIGGERED, trigger_id=trigger_id or str(uuid.uuid4()), deployment=deployment,
+                     reason=reason,
                      evidence={k: str(v) for k, v in evidence.items()},
                      snapshot_topic=Topics.from_settings(settings).labeled_examples, snapshot=snapshot,
                      training_mode=training_mode, requested_by=requested_by)

@@ -7,10 +7,23 @@ Automatic triggers need continuous training enabled, and are held back while the
 outstanding trigger (no TrainingRunFinished/Failed for it yet, and younger than trigger_timeout_s) or
 its last trigger is younger than cooldown_seconds: one outstanding trigger per deployment, no storms.
 State is a fold of the triggers and model-lifecycle topics, so a restart rebuilds it.
+
+Idempotency: an automatic trigger's id is derived from :meth:`TriggerPolicy.idempotency_key`
+(deployment, reason, and the id of the deployment's previous trigger in the fold), so two deciders
+with the same fold (e.g. the old and the new owner during a rebalance) emit the same trigger_id, and
+the trainer, which skips a trigger_id whose run is done, trains it once.
 """
 from __future__ import annotations
 
 import threading
+import uuid
+
+TRIGGER_NAMESPACE = uuid.UUID("5f0c7a52-3d1e-4a7b-9a55-6b1f0c2d7e11")
+
+
+def trigger_id_for(idempotency_key: str) -> str:
+    """The trigger_id (a UUID, version 5) of an idempotency key: equal keys give equal ids."""
+    return str(uuid.uuid5(TRIGGER_NAMESPACE, idempotency_key))
 
 
 class TriggerPolicy:
@@ -21,12 +34,15 @@ class TriggerPolicy:
         self.outstanding: dict[str, dict[str, int]] = {}   # deployment -> {trigger_id: emitted ms}
         self.baseline_added: dict[str, int] = {}            # added_to_training at the last trigger
         self.first_seen_ms: dict[str, int] = {}
+        self.last_trigger_id: dict[str, str] = {}           # the latest trigger per deployment (by event_time)
         self._done: set[str] = set()
 
     # -- folding the logs ---------------------------------------------------------------------------
     def on_trigger(self, value: dict) -> None:
         dep, tid, t = value["deployment"], value["trigger_id"], int(value["event_time"])
         with self._lock:
+            if t >= self.last_trigger_ms.get(dep, 0):
+                self.last_trigger_id[dep] = tid
             self.last_trigger_ms[dep] = max(t, self.last_trigger_ms.get(dep, 0))
             if tid not in self._done:
                 self.outstanding.setdefault(dep, {})[tid] = t
@@ -53,6 +69,14 @@ class TriggerPolicy:
             if last is not None and now_ms - last < cooldown_s * 1000:
                 return "cooldown"
         return None
+
+    def idempotency_key(self, deployment: str, reason: str) -> str:
+        """``deployment|reason|after=<previous trigger_id or none>``: at most one automatic trigger per
+        reason can follow a given trigger (the new one blocks, then becomes the previous one), so the
+        key names one decision whichever worker takes it."""
+        with self._lock:
+            previous = self.last_trigger_id.get(deployment, "none")
+        return f"{deployment}|{reason}|after={previous}"
 
     def reserve(self, deployment: str, trigger_id: str, now_ms: int, added_to_training: int | None) -> None:
         """Record a trigger being emitted (before any await, so concurrent checks see it)."""

@@ -1,16 +1,23 @@
 """Stage: retraining triggers (review threshold, drift, performance decay, schedule).
 
-One agent reads feedback-stats, drift and labeled-examples; a follower folds deployments, triggers
-(own and manual ones), model-lifecycle (runs done, champion metrics) and model-updates (promotions
-reset the performance baseline). Decisions are in processors/trigger_policy.py and
-processors/performance.py. A trigger carries the dataset snapshot: the end offsets of every
-labeled-examples partition, taken after flushing this process's producer.
-
-Per-deployment aggregation: run this stage in one worker (the default ``ctloop process``).
+Each deployment's triggers are decided in one place, its owner (processors/ownership.py), whatever
+the number of workers: one agent (``forward_pairs``) reads labeled-examples (keyed by prediction id,
+so spread over every worker) and re-keys the primary role's (label, predicted, model_version) pairs by
+deployment to the internal topic ``<prefix>performance-pairs``; the deciding agent reads
+feedback-stats, drift and performance-pairs, all keyed by deployment and co-partitioned, so the
+owner of a deployment's partition sees all of its evidence. The timer (schedules, held-back
+conditions) acts only for deployments this worker owns. A follower folds deployments, triggers (own
+and manual ones), model-lifecycle (runs done, champion metrics) and model-updates (promotions reset
+the performance baseline). Decisions are in processors/trigger_policy.py and
+processors/performance.py; an automatic trigger's id is derived from its idempotency key
+(trigger_policy), so a duplicate decision cannot start a second training. A trigger carries the
+dataset snapshot: the end offsets of every labeled-examples partition, taken after flushing this
+process's producer.
 """
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
 import time
@@ -18,15 +25,17 @@ import time
 from processors.dead_letters import decode_message
 from processors.deployment_view import DeploymentView
 from processors.follower import LogFollower
+from processors.ownership import Ownership
 from processors.performance import PerformanceTracker
 from processors.snapshot import labeled_examples_snapshot, trigger_record
-from processors.trigger_policy import TriggerPolicy
+from processors.trigger_policy import TriggerPolicy, trigger_id_for
 from streams import catalog as ev
 from streams.consumer import end_offset_consumer
 from streams.serde import now_ms
 
 log = logging.getLogger(__name__)
 COMPONENT = "processors.triggers"
+PAIRS_KEY = "performance-pairs"
 
 
 def register(app, ctx) -> None:
@@ -112,7 +121,9 @@ def register(app, ctx) -> None:
         started = time.perf_counter()
         await loop.run_in_executor(None, ctx.producer.flush)
         snapshot = await loop.run_in_executor(None, labeled_examples_snapshot, settings, consumer)
-        record = trigger_record(settings, dep, reason, evidence, snapshot, training_mode=s["training_mode"])
+        key = policy.idempotency_key(dep, reason)
+        record = trigger_record(settings, dep, reason, evidence, snapshot, training_mode=s["training_mode"],
+                                trigger_id=trigger_id_for(key))
         policy.reserve(dep, record["trigger_id"], now, added)
         outstanding_g.labels(dep).set(len(policy.outstanding.get(dep, {})))
         latency.observe(time.perf_counter() - started)
@@ -135,7 +146,33 @@ def register(app, ctx) -> None:
         finally:
             firing.discard(dep)
 
-    source = app.topic(topics.feedback_stats, topics.drift, topics.labeled_examples, key_type=bytes, value_type=bytes,
+    pairs_topic = f"{settings.topic_prefix}{PAIRS_KEY}"
+    n = topics.partitions("feedback-stats")
+    owner = Ownership.of_app(app, topics.feedback_stats, n, settings.producer_partitioner)
+    examples = app.topic(topics.labeled_examples, key_type=bytes, value_type=bytes, key_serializer="raw",
+                         value_serializer="raw")
+
+    @app.agent(examples, name=f"{COMPONENT}.pairs")
+    async def forward_pairs(stream):
+        """labeled-examples (any partition) -> performance-pairs, keyed by deployment."""
+        loop = asyncio.get_running_loop()
+        async for events in stream.take_events(2000, within=0.005):
+            by_dep: dict[str, list] = {}
+            for event in events:
+                decoded = decode_message(ctx, event.message, COMPONENT)
+                if decoded is None:
+                    continue
+                value = decoded[1]
+                if value["role"] == "primary":
+                    by_dep.setdefault(value["deployment"], []).append(
+                        [value["label"], value.get("predicted_label"), value["model_version"]])
+            for dep, pairs in by_dep.items():
+                for i in range(0, len(pairs), 5000):   # well under a message's 1 MB
+                    ctx.producer.produce_raw(pairs_topic, json.dumps({"pairs": pairs[i:i + 5000]}).encode(), key=dep)
+            if by_dep:
+                await loop.run_in_executor(None, ctx.producer.flush)   # durable before the batch is acked
+
+    source = app.topic(topics.feedback_stats, topics.drift, pairs_topic, key_type=bytes, value_type=bytes,
                        key_serializer="raw", value_serializer="raw")
 
     @app.agent(source, name=COMPONENT)
@@ -144,6 +181,18 @@ def register(app, ctx) -> None:
             wanted: dict[str, tuple[str, dict]] = {}
             touched = set()
             for event in events:
+                if event.message.topic == pairs_topic:
+                    try:
+                        dep = event.message.key.decode()
+                        pairs = json.loads(event.message.value)["pairs"]
+                        with lock:
+                            for label, predicted, version in pairs:
+                                tracker(dep).add(label, predicted, version)
+                    except Exception:  # noqa: BLE001 - an internal record we cannot use must not stop decisions
+                        log.exception("triggers: performance pairs rejected")
+                        continue
+                    touched.add(dep)
+                    continue
                 decoded = decode_message(ctx, event.message, COMPONENT)
                 if decoded is None:
                     continue
@@ -159,10 +208,6 @@ def register(app, ctx) -> None:
                     evidence = policy.drift(value, s)
                     if evidence:
                         wanted.setdefault(dep, ("drift", evidence))
-                elif etype == ev.LABELED_EXAMPLE and value["role"] == "primary":
-                    with lock:
-                        tracker(dep).add(value["label"], value.get("predicted_label"), value["model_version"])
-                    touched.add(dep)
             for dep in touched:
                 with lock:
                     t = tracker(dep)
@@ -183,10 +228,11 @@ def register(app, ctx) -> None:
     @app.timer(0.5)
     async def scheduled():
         """Schedules, and policies that were held back (outstanding trigger, cooldown) and still hold
-        on the latest figures: they fire once the run finished or the cooldown passed."""
+        on the latest figures: they fire once the run finished or the cooldown passed. Only for the
+        deployments this worker owns (another worker's timer acts for the others)."""
         now = now_ms()
         for dep, s in view.known().items():
-            if not s["continuous_training_enabled"]:
+            if not s["continuous_training_enabled"] or not owner.owns(dep):
                 continue
             stats = latest_stats.get(dep)
             if stats is not None and policy.blocked(dep, s["cooldown_seconds"], now) is None:

@@ -39,6 +39,10 @@ def _tune(app, settings: Settings) -> None:
     app.conf.broker_rebalance_timeout = max(settings.session_timeout_ms / 1000, 10.0)
     app.conf.stream_buffer_maxsize = 8192
     app.conf.producer_linger = 0.005            # batch changelog records (seconds)
+    # faust's producer (changelogs, internal topics) has the same record limit as ctloop's producers; rows
+    # are sized against it before they are sent (processors/tables.py)
+    app.conf.producer_max_request_size = settings.max_message_bytes
+    app.conf.consumer_max_fetch_size = max(4 * 1024 * 1024, settings.fetch_max_partition_bytes)
     _short_fetch_wait(settings.processor_fetch_wait_ms)
 
 
@@ -119,9 +123,12 @@ def run_worker(settings: Settings) -> None:
         raise ValueError("bootstrap_servers: a processor worker needs a Kafka cluster (CTLOOP_BOOTSTRAP_SERVERS)")
     from confluent_kafka.admin import AdminClient
 
+    from processors.ownership import ensure_internal_topics
     from streams.topics import Topics, ensure_topics
 
-    ensure_topics(AdminClient({"bootstrap.servers": settings.bootstrap_servers}), Topics.from_settings(settings))
+    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    ensure_topics(admin, Topics.from_settings(settings))
+    ensure_internal_topics(admin, settings)   # before the group forms: the assignor co-partitions them
     worker, app, ctx = build_worker(settings)
     port = ctx.metrics.serve(settings.metrics_port)
     log.info("processor worker %d: metrics on :%d", os.getpid(), port)

@@ -5,6 +5,7 @@ of events; a manual trigger via `ctloop trigger`; plus the policy logic without 
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 from click.testing import CliRunner
@@ -114,6 +115,7 @@ def test_no_drift_trigger_on_a_stationary_stream_then_one_after_a_mean_shift(set
     dep = "drift-dep"
     rng = np.random.default_rng(7)
     stationary, shifted = 2000, 3 * window
+    t0 = int(time.time() * 1000) - 60_000           # event times 1 ms apart, within the SDK's bounds
     with EventProducer(settings) as producer:       # a champion with 0.9 validation accuracy
         producer.produce(topics.model_lifecycle, ev.MODEL_REGISTERED, new_event(
             ev.MODEL_REGISTERED, deployment="perf-dep", model_name="m", model_version="1", alias="champion",
@@ -128,7 +130,7 @@ def test_no_drift_trigger_on_a_stationary_stream_then_one_after_a_mean_shift(set
         client.setup_continuous_training(dep, drift_threshold=0.5, cooldown_seconds=0)
         for i in range(stationary):
             client.log_prediction(dep, {"a": rng.normal(), "b": rng.normal(), "c": rng.exponential()}, label="x",
-                                  model_version="1", event_time=1_000_000 + i)
+                                  model_version="1", event_time=t0 + i)
         client.flush()
         drift = out.wait(lambda c: len(c.of(ev.DRIFT_MEASURED)) >= stationary // window - 1 and c.of(ev.DRIFT_MEASURED),
                          60, "the stationary windows measured")
@@ -136,7 +138,7 @@ def test_no_drift_trigger_on_a_stationary_stream_then_one_after_a_mean_shift(set
         assert not any(d.value["drift_detected"] for d in drift)
         assert all(d.value["reference"] == "first_window" and len(d.value["features"]) == 3 for d in drift)
         assert _triggers(out, dep) == []
-        shift_at = 1_000_000 + stationary                            # the known event: the first shifted one
+        shift_at = t0 + stationary                            # the known event: the first shifted one
         for i in range(shifted):
             client.log_prediction(dep, {"a": rng.normal() + 1.0, "b": rng.normal() + 1.0, "c": rng.exponential()},
                                   label="x", model_version="1", event_time=shift_at + i)

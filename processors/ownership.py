@@ -1,0 +1,87 @@
+"""Which deployments this processor worker owns, when several workers share one consumer group.
+
+Every deployment-keyed topic the processors read (feedback-stats, drift and the internal topics
+``<prefix>feedback-partials``, ``<prefix>performance-pairs``, ``<prefix>drift-inputs``) has
+``default_partitions`` partitions and is written by confluent-kafka producers with
+``settings.producer_partitioner``, so a deployment lands on the same partition number p of each.
+faust's assignor gives one worker partition p of every co-subscribed topic with that partition count
+(a co-partitioned group), so that worker is the deployment's **owner**: it aggregates its counters,
+drift windows and live performance, decides its triggers and runs its timers. Timers have no input
+event, so they ask :meth:`Ownership.owns`.
+"""
+from __future__ import annotations
+
+import zlib
+
+
+def partition_for(key: str | bytes, partitions: int, partitioner: str = "consistent_random") -> int:
+    """The partition librdkafka's ``partitioner`` gives a non-empty ``key`` on a topic of
+    ``partitions`` partitions: consistent_random/consistent = CRC32(key) mod n; murmur2_random/murmur2
+    = Kafka's Java murmur2 (positive) mod n. ValueError for other partitioners or n < 1."""
+    if partitions < 1:
+        raise ValueError(f"partitions: must be positive, got {partitions}")
+    data = key.encode() if isinstance(key, str) else bytes(key)
+    if partitioner in ("consistent_random", "consistent"):
+        return zlib.crc32(data) % partitions
+    if partitioner in ("murmur2_random", "murmur2"):
+        from aiokafka.partitioner import murmur2
+
+        return (murmur2(data) & 0x7FFFFFFF) % partitions
+    raise ValueError(f"producer_partitioner: cannot place keys with {partitioner!r}; "
+                     "use consistent_random or murmur2_random")
+
+
+class Ownership:
+    """``owns(deployment)``: whether this worker is assigned the deployment's partition of ``topic``
+    (a deployment-keyed topic of ``partitions`` partitions). ``assignment()`` returns the worker's
+    assigned (topic, partition) pairs (faust: ``app.consumer.assignment()``)."""
+
+    def __init__(self, assignment, topic: str, partitions: int, partitioner: str):
+        self._assignment = assignment
+        self.topic = topic
+        self.partitions = partitions
+        self.partitioner = partitioner
+
+    @classmethod
+    def of_app(cls, app, topic: str, partitions: int, partitioner: str) -> "Ownership":
+        def assignment():
+            try:
+                return [(tp.topic, tp.partition) for tp in app.consumer.assignment()]
+            except Exception:  # noqa: BLE001 - no consumer yet (starting) or none (no agents)
+                return []
+        return cls(assignment, topic, partitions, partitioner)
+
+    def partition(self, deployment: str) -> int:
+        return partition_for(deployment, self.partitions, self.partitioner)
+
+    def owns(self, deployment: str) -> bool:
+        p = self.partition(deployment)
+        return any(t == self.topic and q == p for t, q in self._assignment())
+
+
+INTERNAL_TOPICS = ("feedback-partials", "performance-pairs", "drift-inputs")
+"""Internal deployment-keyed topics (``<prefix>`` + name; JSON values; ``default_partitions``)."""
+
+
+def ensure_internal_topics(admin, settings, timeout_s: float = 30.0) -> list[str]:
+    """Create the internal deployment-keyed topics that are missing (``default_partitions`` partitions,
+    so they are co-partitioned with feedback-stats and drift; 7 days' retention). Returns their names.
+    RuntimeError naming the topic when the broker refuses one."""
+    from confluent_kafka import KafkaError
+    from confluent_kafka.admin import NewTopic
+
+    names = [f"{settings.topic_prefix}{name}" for name in INTERNAL_TOPICS]
+    existing = set(admin.list_topics(timeout=timeout_s).topics)
+    missing = [NewTopic(name, num_partitions=settings.default_partitions,
+                        replication_factor=settings.replication_factor,
+                        config={"retention.ms": str(7 * 24 * 3600 * 1000)})
+               for name in names if name not in existing]
+    if missing:
+        for name, fut in admin.create_topics(missing, operation_timeout=timeout_s).items():
+            try:
+                fut.result(timeout_s)
+            except Exception as exc:  # noqa: BLE001 - one that exists already is fine
+                err = exc.args[0] if exc.args else None
+                if getattr(err, "code", lambda: None)() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise RuntimeError(f"cannot create internal topic {name}: {exc}") from exc
+    return names
