@@ -1,5 +1,6 @@
 """Training commands: ``ctloop train`` runs a trainer; ``ctloop models DEPLOYMENT`` lists the
-registered versions of a deployment with alias, metrics and lineage (folded from the topics)."""
+registered versions of a deployment with alias, metrics and lineage (folded from the topics);
+``ctloop artifacts orphans [--delete]`` lists (and removes) artifact files no lifecycle event names."""
 from __future__ import annotations
 
 import json
@@ -83,3 +84,40 @@ def register(cli: click.Group) -> None:
         for r in rows:
             if r["base_dataset"]:
                 click.echo(f"{r['version']}: base dataset {r['base_dataset']}")
+
+    @cli.group("artifacts")
+    def artifacts():
+        """The model artifact store (CTLOOP_ARTIFACT_STORE, default <data dir>/artifacts)."""
+
+    @artifacts.command("orphans")
+    @click.option("--delete", is_flag=True, help="Delete the orphaned files (never a named or recent one).")
+    @click.option("--min-age", "min_age_s", type=click.FloatRange(min=0.0), default=None,
+                  help="Seconds a file must be old to count as orphaned (default: CTLOOP_TRIGGER_TIMEOUT_S).")
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+    @click.option("--timeout", "timeout_s", type=float, default=15.0, show_default=True)
+    @click.pass_obj
+    def orphans(settings, delete, min_age_s, as_json, timeout_s):
+        """List artifact files that no ModelRegistered, TrainingRunFinished or CandidateRejected names
+        (left by a killed or superseded training run); with --delete, remove them. Files younger than
+        the minimum age may belong to a run in progress and are kept."""
+        from trainers.artifacts import RegistryUnavailableError, delete_orphans, find_orphans
+
+        require_bootstrap(settings)
+        try:
+            found = find_orphans(settings, min_age_s=min_age_s, timeout_s=timeout_s)
+        except RegistryUnavailableError as exc:
+            raise click.ClickException(str(exc)) from None
+        orphaned = [a for a in found if a.status == "orphan"]
+        deleted = {str(p) for p in delete_orphans(orphaned)} if delete else set()
+        if as_json:
+            click.echo(json.dumps([{"path": str(a.path), "deployment": a.deployment, "size_bytes": a.size_bytes,
+                                    "age_s": round(a.age_s, 1), "status": a.status,
+                                    "deleted": str(a.path) in deleted} for a in found], indent=2))
+            return
+        for a in orphaned:
+            click.echo(f"{'deleted' if str(a.path) in deleted else 'orphan '}  {a.path}  "
+                       f"({a.size_bytes} bytes, {a.age_s / 3600:.1f} h old)")
+        kept = {s: sum(1 for a in found if a.status == s) for s in ("named", "recent")}
+        click.echo(f"{len(orphaned)} orphaned artifact(s){' deleted' if delete else ''}; kept {kept['named']} named "
+                   f"by the registry and {kept['recent']} younger than the minimum age"
+                   + ("" if delete or not orphaned else " (run with --delete to remove them)"))
