@@ -314,7 +314,8 @@ class _Watch:
     deployment: str
     version: str
     previous_version: str
-    since_ms: int
+    since_index: int
+    """How many outcomes of ``version`` this watch had seen when the promotion was folded (arrival order)."""
     baseline: float
     decided: bool = False
     checked_windows: int = 0
@@ -322,51 +323,58 @@ class _Watch:
 
 class RollbackWatch:
     """Live accuracy per (deployment, version) from ``primary`` outcomes, and a watch on each freshly
-    promoted champion: at each complete ``window`` of its labeled predictions made after the promotion
-    (for ``watch_windows`` windows), if its accuracy over the last ``window`` is below the previous champion's live level minus
-    ``rollback_margin`` and a one-sided binomial test against that level has p < significance_level,
-    the watch decides a rollback (once per promotion)."""
+    promoted champion: at each complete ``window`` of its labeled primary-role predictions that arrived after
+    the promotion was folded (for ``watch_windows`` windows), if its accuracy over the last ``window`` is
+    below the previous champion's live level minus ``rollback_margin`` and a one-sided binomial test against
+    that level has p < significance_level, the watch decides a rollback (once per promotion).
+
+    No clock is compared: outcome times are the apps' clocks, the promotion time the policy's, so
+    "before" and "after" the promotion come from arrival order (an outcome is counted once, in the order
+    the single-partition outcomes topic delivers it) and from the role (a version serves role primary
+    only while champion). The baseline is the previous champion's last ``window`` primary outcomes."""
 
     def __init__(self, window: int = 200, watch_windows: int = 5):
         self.window = max(1, int(window))
         self.watch_windows = max(1, int(watch_windows))
         self._outcomes: dict[tuple[str, str], deque] = {}
+        self._counts: dict[tuple[str, str], int] = {}   # primary-role outcomes ever seen per version
         self._history = max(5000, self.window * (self.watch_windows + 1))
         self.watches: dict[str, _Watch] = {}
 
     def add_outcome(self, outcome: dict) -> None:
-        if outcome.get("kind") != "primary":
-            return
+        if outcome.get("kind") != "primary" or outcome.get("role", "primary") != "primary":
+            return  # canary predictions of a candidate say nothing about it as champion
         key = (outcome["deployment"], outcome["version"])
         dq = self._outcomes.get(key)
         if dq is None:
             dq = self._outcomes[key] = deque(maxlen=self._history)
-        dq.append((int(outcome["time"]), bool(outcome["correct"])))
+        dq.append(bool(outcome["correct"]))
+        self._counts[key] = self._counts.get(key, 0) + 1
 
-    def live_accuracy(self, deployment: str, version: str, *, before_ms: int | None = None,
-                      since_ms: int | None = None) -> tuple[float | None, int]:
-        """(accuracy over the last ``window`` outcomes in the time range, count) ; (None, 0) if none."""
-        rows = [ok for t, ok in self._outcomes.get((deployment, version), ())
-                if (before_ms is None or t < before_ms) and (since_ms is None or t >= since_ms)]
-        rows = rows[-self.window:]
+    def live_accuracy(self, deployment: str, version: str) -> tuple[float | None, int]:
+        """(accuracy over the last ``window`` primary outcomes of ``version``, count); (None, 0) if none."""
+        rows = list(self._outcomes.get((deployment, version), ()))[-self.window:]
         if not rows:
             return None, 0
         return sum(rows) / len(rows), len(rows)
 
-    def on_promoted(self, deployment: str, version: str, previous_version: str | None, promoted_ms: int,
+    def on_promoted(self, deployment: str, version: str, previous_version: str | None, promoted_ms: int | None = None,
                     evidence: dict | None = None, min_baseline_samples: int = 20) -> _Watch | None:
-        """Start watching ``version``. The baseline is the previous champion's live accuracy before
-        the promotion (or the ``primary_accuracy`` evidence of the promotion when too few are known)."""
+        """Start watching ``version`` from the next outcome on. The baseline is the previous champion's
+        live accuracy (or the ``primary_accuracy`` evidence of the promotion when fewer than
+        ``min_baseline_samples`` are known). ``promoted_ms`` is ignored (kept for callers; never compared
+        with outcome times)."""
         self.watches.pop(deployment, None)
         if not previous_version or previous_version == version:
             return None
-        baseline, n = self.live_accuracy(deployment, previous_version, before_ms=promoted_ms)
+        baseline, n = self.live_accuracy(deployment, previous_version)
         if n < min_baseline_samples:
             raw = (evidence or {}).get("primary_accuracy")
             baseline = float(raw) if raw not in (None, "") else (baseline if n else None)
         if baseline is None:
             return None
-        watch = self.watches[deployment] = _Watch(deployment, version, previous_version, promoted_ms, baseline)
+        since = self._counts.get((deployment, version), 0)
+        watch = self.watches[deployment] = _Watch(deployment, version, previous_version, since, baseline)
         return watch
 
     def on_rolled_back(self, deployment: str) -> None:
@@ -376,7 +384,9 @@ class RollbackWatch:
         watch = self.watches.get(deployment)
         if watch is None or watch.decided or not config.get("continuous_deployment_enabled"):
             return None
-        since = [ok for t, ok in self._outcomes.get((deployment, watch.version), ()) if t >= watch.since_ms]
+        key = (deployment, watch.version)
+        new = self._counts.get(key, 0) - watch.since_index
+        since = list(self._outcomes.get(key, ()))[-new:] if new > 0 else []
         windows = len(since) // self.window
         if windows <= watch.checked_windows:
             return None  # judged once per complete window

@@ -67,7 +67,22 @@ def wait_event(settings, topic, dep, predicate, what, timeout_s=40):
         raise AssertionError(f"{exc}; comparisons (labeled, paired, p): {seen}; updates: {updates}") from None
 
 
+def register(settings, dep, versions=("v1", "v2")):
+    """ModelRegistered of each version (the first as champion): the stage folds the registry like every
+    process, and a decision waits for the registration of the version it names."""
+    from streams.producer import EventProducer
+
+    with EventProducer(settings) as producer:
+        for i, version in enumerate(versions):
+            producer.produce(Topics.from_settings(settings).model_lifecycle, ev.MODEL_REGISTERED, new_event(
+                ev.MODEL_REGISTERED, deployment=dep, model_name="m", model_version=version,
+                alias="champion" if i == 0 else "challenger",
+                metrics={}, artifact_uri=f"file:///nowhere/{version}.pt", artifact_sha256="0" * 64), key=dep)
+            producer.flush()
+
+
 def setup(client, dep, min_samples):
+    register(client.settings, dep)
     client.setup_continuous_deployment(dep, promotion_threshold=0.05, min_samples=min_samples,
                                        significance_level=0.05, rollback_margin=0.05)
     client.set_shadow_model(dep, "v2")
@@ -168,6 +183,7 @@ def test_bad_records_on_the_shadow_topic_are_dead_lettered(loop):
 def test_enabling_continuous_deployment_later_judges_the_evidence_already_in(loop):
     settings, topics, client, _ = loop
     dep = "later"
+    register(settings, dep)
     client.set_shadow_model(dep, "v2")  # continuous deployment still off
     log_pairs(client, dep, [(i % 2 == 0, True) for i in range(50)])
     wait_event(settings, topics.shadow_comparisons, dep, lambda e: e.value["labeled_samples"] == 50,
@@ -177,3 +193,53 @@ def test_enabling_continuous_deployment_later_judges_the_evidence_already_in(loo
     promoted = wait_event(settings, topics.model_updates, dep, lambda e: e.event_type == ev.MODEL_PROMOTED,
                           "ModelPromoted after enabling")
     assert promoted.value["evidence"]["labeled_samples"] == "50"
+
+
+def test_a_former_champion_put_back_in_shadow_is_decided_again(loop):
+    """Issue 17.3: decisions are per shadow *assignment* (the deployments revision that set it), so a
+    version decided once (promoted, later replaced) and put in shadow again is judged again."""
+    settings, topics, client, _ = loop
+    dep = "again"
+    setup(client, dep, min_samples=30)
+    log_pairs(client, dep, [(i % 10 < 6, True) for i in range(30)])        # v2 better than v1
+    wait_event(settings, topics.model_updates, dep, lambda e: e.event_type == ev.MODEL_PROMOTED, "v2 promoted")
+    client.set_shadow_model(dep, "v1")
+    log_pairs(client, dep, [(i % 10 < 6, True) for i in range(30)], primary="v2", shadow="v1")
+    wait_event(settings, topics.model_updates, dep,
+               lambda e: e.event_type == ev.MODEL_PROMOTED and e.value["model_version"] == "v1", "v1 promoted back")
+    client.set_shadow_model(dep, "v2")                                      # promoted once, in shadow again
+    log_pairs(client, dep, [(i % 10 < 6, True) for i in range(30)])
+    wait_event(settings, topics.model_updates, dep,
+               lambda e: e.event_type == ev.MODEL_PROMOTED and e.value["model_version"] == "v2"
+               and e.value["expected_champion"] == "v1" and e.value["previous_version"] == "v1"
+               and len(events(settings, topics.model_updates, dep)) == 3, "v2 promoted a second time")
+    promoted = events(settings, topics.model_updates, dep, {ev.MODEL_PROMOTED})
+    assert [e.value["model_version"] for e in promoted] == ["v2", "v1", "v2"]
+    revisions = [e.value["shadow_revision"] for e in promoted]
+    assert len(set(revisions)) == 3 and None not in revisions
+    wait_for(lambda: client.deployments.all().get(dep, {}).get("shadow_model_version", "v2") is None, 20,
+             "the shadow cleared after the last decision")
+
+
+def test_a_decision_whose_shadow_was_not_cleared_is_cleared_on_restart(loop):
+    """A worker that died between publishing a decision and clearing the shadow: the next one (here the
+    same worker seeing the log) clears the decided assignment's shadow from what the log shows."""
+    from streams.deployments import DeploymentSettingsClient
+    from streams.producer import EventProducer
+
+    settings, topics, client, _ = loop
+    dep = "halfdone"
+    register(settings, dep)
+    config = client.set_shadow_model(dep, "v2")
+    with EventProducer(settings) as producer:   # the decision the dead worker published, nothing after it
+        producer.produce(topics.model_updates, ev.MODEL_PROMOTED, new_event(
+            ev.MODEL_PROMOTED, deployment=dep, model_version="v2", previous_version="v1", decided_by="policy",
+            reason="better", expected_champion="v1", expected_state="challenger",
+            shadow_revision=config["revision"]), key=dep)
+    reader = DeploymentSettingsClient(settings)
+    try:
+        wait_for(lambda: reader.all().get(dep, {}).get("shadow_model_version", "v2") is None, 30,
+                 "the decided shadow cleared")
+        assert reader.all()[dep]["change"] == "promotion_decided"
+    finally:
+        reader.close()

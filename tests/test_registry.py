@@ -92,16 +92,87 @@ def test_trigger_is_done_after_a_decision_or_failure_not_after_finish_alone():
     assert r.is_trigger_done(trig3)
 
 
-def test_duplicate_events_fold_once_and_updates_merge_in_time_order():
+def test_duplicate_events_fold_once_and_updates_merge_in_log_order():
     reg = registered("v1", "champion")
     r = fold((ev.MODEL_REGISTERED, reg), (ev.MODEL_REGISTERED, registered("v2")), (ev.MODEL_PROMOTED, promoted("v2")),
              (ev.MODEL_REGISTERED, reg))       # redelivered: must not make v1 champion again
     assert r.champion(DEP).version == "v2"
 
-    def e(event_type, value, ts):
-        return Event(event_type, value, "t", 0, 0, None, ts)
+    r = ModelRegistry().apply_all([e(ev.MODEL_REGISTERED, registered("v1", "champion"), 1, 0),
+                                   e(ev.MODEL_REGISTERED, registered("v2"), 3, 1)],
+                                  [e(ev.MODEL_PROMOTED, promoted("v2", "v1"), 5, 0), e(ev.MODEL_PROMOTED, promoted("v9"), 6, 1)])
+    assert aliases(r) == {"v1": "archived", "v2": "champion"}   # unknown v9 refused
+    assert [(x.version, x.reason) for x in r.refusals] == [("v9", "unknown version v9")]
 
-    r = ModelRegistry().apply_all([e(ev.MODEL_REGISTERED, registered("v1", "champion"), 1),
-                                   e(ev.MODEL_REGISTERED, registered("v2"), 3)],
-                                  [e(ev.MODEL_PROMOTED, promoted("v2", "v1"), 5), e(ev.MODEL_PROMOTED, promoted("v9"), 6)])
-    assert aliases(r) == {"v1": "archived", "v2": "champion"}   # unknown v9 ignored
+
+def e(event_type, value, ts, offset):
+    return Event(event_type, value, "t", 0, offset, None, ts)
+
+
+def test_a_registration_from_a_clock_ten_minutes_ahead_is_promoted():
+    """Issue 11: a trainer whose clock runs 10 min ahead registers v2; a correct clock promotes it 5 s
+    later. Producer times say the promotion came first; the log (and causality) says otherwise."""
+    now = 1_764_000_000_000
+    lifecycle = [e(ev.MODEL_REGISTERED, registered("v1", "champion", t=now - 60_000), now - 60_000, 0),
+                 e(ev.MODEL_REGISTERED, registered("v2", t=now + 600_000), now + 600_000, 1)]
+    updates = [e(ev.MODEL_PROMOTED, promoted("v1"), now - 59_000, 0),
+               e(ev.MODEL_PROMOTED, promoted("v2", "v1"), now + 5_000, 1)]
+    r = ModelRegistry().apply_all(lifecycle, updates)
+    assert r.champion(DEP).version == "v2" and r.refusals == []
+    assert [m.version for m in r.versions(DEP)] == ["v1", "v2"]   # log order, whatever the clocks
+
+
+def test_an_update_read_before_its_registration_is_held_and_keeps_its_order():
+    r = ModelRegistry()
+    r.offer(ev.MODEL_REGISTERED, registered("v1", "champion"))
+    assert not r.offer(ev.MODEL_PROMOTED, promoted("v2", "v1"))            # v2 not read yet: held
+    assert not r.offer(ev.MODEL_ROLLED_BACK, rolled_back("v2", "v1"))      # held behind it (order kept)
+    assert r.champion(DEP).version == "v1" and len(r.held) == 2
+    r.offer(ev.MODEL_REGISTERED, registered("v2"))
+    assert r.held == [] and aliases(r) == {"v1": "champion", "v2": "rolled_back"}
+
+
+def cas_promoted(version, expected, state="challenger", by="policy", forced=False):
+    return new_event(ev.MODEL_PROMOTED, deployment=DEP, model_version=version, previous_version=expected,
+                     decided_by=by, reason="r", expected_champion=expected, expected_state=state, forced=forced)
+
+
+def cas_rolled_back(frm, to, state="archived"):
+    return new_event(ev.MODEL_ROLLED_BACK, deployment=DEP, from_version=frm, to_version=to, decided_by="policy",
+                     reason="worse live", expected_champion=frm, expected_state=state)
+
+
+def racing_log():
+    """Issue 11 (a): the policy promotes v2; an operator promotes v3; then a rollback v2 -> v1 that the
+    policy decided on its older view arrives."""
+    lifecycle = [(ev.MODEL_REGISTERED, registered(v, "champion" if v == "v1" else "challenger")) for v in ("v1", "v2", "v3")]
+    updates = [(ev.MODEL_PROMOTED, cas_promoted("v2", "v1")), (ev.MODEL_PROMOTED, cas_promoted("v3", "v2", by="manual")),
+               (ev.MODEL_ROLLED_BACK, cas_rolled_back("v2", "v1"))]
+    return lifecycle, updates
+
+
+def test_a_decision_made_on_an_older_view_is_refused_and_recorded():
+    lifecycle, updates = racing_log()
+    r = fold(*lifecycle, *updates)
+    assert r.champion(DEP).version == "v3"
+    assert aliases(r) == {"v1": "archived", "v2": "archived", "v3": "champion"}   # v3 never demoted
+    (refusal,) = r.refusals_of(DEP)
+    assert refusal.event_type == ev.MODEL_ROLLED_BACK and refusal.version == "v1"
+    assert "expected champion v2, but the champion is v3" in refusal.reason
+    # every interleaving a reader may see gives the same verdict
+    r2 = ModelRegistry()
+    for t, v in updates + lifecycle:
+        r2.offer(t, v)
+    assert r2.champion(DEP).version == "v3" and [x.reason for x in r2.refusals] == [refusal.reason]
+
+
+def test_preconditions_on_the_version_state_and_released_events_without_them():
+    r = fold((ev.MODEL_REGISTERED, registered("v1", "champion")), (ev.MODEL_REGISTERED, registered("v2")),
+             (ev.CANDIDATE_REJECTED, rejected("v2", "shadow")))
+    r.apply(ev.MODEL_PROMOTED, cas_promoted("v2", "v1", state="challenger"))     # it was rejected since
+    assert r.champion(DEP).version == "v1" and "expected v2 to be challenger, but it is rejected" in r.refusals[0].reason
+    r.apply(ev.MODEL_PROMOTED, cas_promoted("v2", "v1", state="rejected", by="manual", forced=True))
+    assert r.champion(DEP).version == "v2"
+    old = fold((ev.MODEL_REGISTERED, registered("v1", "champion")), (ev.MODEL_REGISTERED, registered("v2")),
+               (ev.MODEL_PROMOTED, promoted("v2", "v1")), (ev.MODEL_ROLLED_BACK, rolled_back("v3", "v1")))
+    assert old.champion(DEP).version == "v1" and old.refusals == []   # released/1 events: no preconditions, as before

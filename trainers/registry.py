@@ -1,7 +1,26 @@
 """The model registry: a fold over the model-lifecycle and model-updates topics.
 
 No database: every process rebuilds the registry by reading both topics to their end
-(:meth:`ModelRegistry.load`) and folding the events in time order (:meth:`ModelRegistry.apply`).
+(:meth:`ModelRegistry.load`) and folding them (:meth:`ModelRegistry.offer` / :meth:`ModelRegistry.apply_all`).
+
+Ordering comes from the log, never from clocks (producer times of different processes are not comparable):
+both topics have one partition and are folded each in offset order, merged causally:
+* a model-lifecycle event is folded as soon as it is read;
+* a model-updates event is folded once every version it names (ModelPromoted ``model_version``,
+  ModelRolledBack ``to_version``, CandidateRejected ``model_version``) is known to the registry
+  (registered, or refused at evaluation). Until then it is *held*, and every later update is held behind
+  it, so updates keep their offset order. A reader that has read model-lifecycle to its end
+  (:meth:`ModelRegistry.apply_all`) refuses what is still held ("unknown version"); a live follower keeps
+  holding it (its registration may still arrive).
+Any interleaving of the two topics that a reader sees therefore gives the same registry.
+
+Decisions are compare-and-set on the log: ModelPromoted, ModelRolledBack and CandidateRejected (stage
+shadow) carry ``expected_champion`` (the champion the decider saw) and ``expected_state`` (the alias of
+the version decided on when decided). A decision whose precondition no longer holds when it is folded is
+*refused*: it changes nothing and is recorded in :attr:`ModelRegistry.refusals` with the reason
+(``ctloop status`` shows them). Null preconditions (events of released/1 writers) are not checked, so old
+logs fold as before. Every fold (trainers, serving apps, the promotion stage, the CLI) uses this class,
+so all reach the same verdict from the same log.
 
 Fold rules:
 * ModelRegistered adds a version with its alias (a deployment's first model is registered as champion).
@@ -39,6 +58,7 @@ class ModelVersion:
     run_id: str | None
     trigger_id: str | None
     registered_at: int
+    """event_time of the registration (the trainer's clock; informational, never used for ordering)."""
 
 
 @dataclass
@@ -61,6 +81,33 @@ class RunRecord:
         return "running"
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """A decision event the fold did not apply, and why (deterministic: every fold refuses the same)."""
+
+    deployment: str
+    event_type: str
+    event_id: str | None
+    version: str | None
+    decided_by: str
+    reason: str
+    event_time: int = 0
+
+
+UPDATE_TYPES = (ev.MODEL_PROMOTED, ev.MODEL_ROLLED_BACK, ev.CANDIDATE_REJECTED)
+
+
+def named_version(event_type: str, value: dict) -> str | None:
+    """The version a model-updates event needs registered before it can be folded (None: nothing)."""
+    if event_type == ev.MODEL_PROMOTED:
+        return value.get("model_version")
+    if event_type == ev.MODEL_ROLLED_BACK:
+        return value.get("to_version")
+    if event_type == ev.CANDIDATE_REJECTED and value.get("stage") == "shadow":
+        return value.get("model_version")
+    return None
+
+
 @dataclass
 class _DeploymentState:
     versions: dict[str, ModelVersion] = field(default_factory=dict)
@@ -68,11 +115,17 @@ class _DeploymentState:
 
 
 class ModelRegistry:
-    def __init__(self):
+    """The registry fold. ``on_decision(event_type, value, refusal)``, when given, is called after each
+    model-updates event is folded (``refusal`` None when it was applied), in fold order."""
+
+    def __init__(self, on_decision=None):
+        self.on_decision = on_decision
         self._deployments: dict[str, _DeploymentState] = {}
         self.runs: dict[str, RunRecord] = {}
         self.done_triggers: set[str] = set()
         self._seen_events: set[str] = set()
+        self.refusals: list[Refusal] = []
+        self._held: list[tuple[str, dict]] = []   # model-updates events waiting for a registration, in order
 
     # -- loading ------------------------------------------------------------------------------------
     @classmethod
@@ -88,13 +141,48 @@ class ModelRegistry:
         return registry
 
     def apply_all(self, lifecycle_events, update_events=()) -> "ModelRegistry":
-        """Fold events of both topics, merged in time order (lifecycle first on ties, each topic in
-        its own log order: both have a single partition)."""
-        tagged = [(e.timestamp_ms, 0, i, e) for i, e in enumerate(lifecycle_events)]
-        tagged += [(e.timestamp_ms, 1, i, e) for i, e in enumerate(update_events)]
-        for *_k, e in sorted(tagged, key=lambda t: t[:3]):
-            self.apply(e.event_type, e.value)
+        """Fold both topics completely read (each in log order: (partition, offset)), merged causally
+        (see the module doc); updates still naming an unknown version at the end are refused."""
+        for e in sorted(lifecycle_events, key=_log_position):
+            self.offer(e.event_type, e.value)
+        for e in sorted(update_events, key=_log_position):
+            self.offer(e.event_type, e.value)
+        self.release_held()
         return self
+
+    def offer(self, event_type: str, value: dict) -> bool:
+        """Fold one event as read from model-lifecycle or model-updates (in each topic's log order),
+        holding an update until the version it names is known. Returns True when something was folded."""
+        if event_type in UPDATE_TYPES and not (event_type == ev.CANDIDATE_REJECTED and value.get("stage") == "evaluation"):
+            if self._held or not self._known(value.get("deployment"), named_version(event_type, value)):
+                self._held.append((event_type, value))
+                return False
+            self.apply(event_type, value)
+            return True
+        self.apply(event_type, value)
+        if self._held:
+            held, self._held = self._held, []
+            for i, (t, v) in enumerate(held):
+                if not self._known(v.get("deployment"), named_version(t, v)):
+                    self._held = held[i:]
+                    break
+                self.apply(t, v)
+        return True
+
+    @property
+    def held(self) -> list[tuple[str, dict]]:
+        """Updates waiting for the registration of the version they name (in log order)."""
+        return list(self._held)
+
+    def release_held(self) -> None:
+        """Fold the held updates now (their versions stay unknown: each is refused). Call only once
+        model-lifecycle has been read to its end."""
+        held, self._held = self._held, []
+        for t, v in held:
+            self.apply(t, v)
+
+    def _known(self, deployment: str | None, version: str | None) -> bool:
+        return version is None or self.get(deployment or "", version) is not None
 
     # -- folding ------------------------------------------------------------------------------------
     def _state(self, deployment: str) -> _DeploymentState:
@@ -112,8 +200,12 @@ class ModelRegistry:
             ev.MODEL_PROMOTED: self._promoted, ev.MODEL_ROLLED_BACK: self._rolled_back,
             ev.CANDIDATE_REJECTED: self._rejected,
         }.get(event_type)
-        if handler is not None:
-            handler(value)
+        if handler is None:
+            return
+        refused = len(self.refusals)
+        handler(value)
+        if self.on_decision is not None and event_type in UPDATE_TYPES and value.get("stage") != "evaluation":
+            self.on_decision(event_type, value, self.refusals[-1] if len(self.refusals) > refused else None)
 
     def _run(self, value: dict) -> RunRecord:
         run = self.runs.get(value["run_id"])
@@ -137,6 +229,27 @@ class ModelRegistry:
     def _failed(self, v: dict) -> None:
         self._run(v).failed = v
         self.done_triggers.add(v["trigger_id"])
+
+    def _refuse(self, event_type: str, v: dict, version: str | None, reason: str) -> None:
+        log.warning("registry: %s %s of %s refused: %s", v.get("deployment"), event_type, version, reason)
+        self.refusals.append(Refusal(v.get("deployment", ""), event_type, v.get("event_id"), version,
+                                     v.get("decided_by") or "policy", reason, int(v.get("event_time") or 0)))
+
+    def _precondition(self, v: dict, mv: ModelVersion) -> str | None:
+        """Why the decision's compare-and-set fails now (None: it holds or it has none)."""
+        expected = v.get("expected_champion")
+        current = self.champion(v["deployment"])
+        current_version = current.version if current else None
+        if expected is not None and expected != current_version:
+            return (f"it expected champion {expected}, but the champion is {current_version} "
+                    f"(a decision made on an older view)")
+        state = v.get("expected_state")
+        if state is not None and state != mv.alias:
+            return f"it expected {mv.version} to be {state}, but it is {mv.alias}"
+        return None
+
+    def refusals_of(self, deployment: str) -> list[Refusal]:
+        return [r for r in self.refusals if r.deployment == deployment]
 
     def _set_champion(self, state: _DeploymentState, version: str) -> None:
         for other in state.versions.values():
@@ -166,15 +279,25 @@ class ModelRegistry:
 
     def _promoted(self, v: dict) -> None:
         state = self._state(v["deployment"])
-        if v["model_version"] not in state.versions:
-            log.warning("registry: %s promoted unknown version %s; ignored", v["deployment"], v["model_version"])
+        mv = state.versions.get(v["model_version"])
+        if mv is None:
+            self._refuse(ev.MODEL_PROMOTED, v, v["model_version"], f"unknown version {v['model_version']}")
+            return
+        why = self._precondition(v, mv)
+        if why is not None:
+            self._refuse(ev.MODEL_PROMOTED, v, mv.version, why)
             return
         self._set_champion(state, v["model_version"])
 
     def _rolled_back(self, v: dict) -> None:
         state = self._state(v["deployment"])
-        if v["to_version"] not in state.versions:
-            log.warning("registry: %s rolled back to unknown version %s; ignored", v["deployment"], v["to_version"])
+        target = state.versions.get(v["to_version"])
+        if target is None:
+            self._refuse(ev.MODEL_ROLLED_BACK, v, v["to_version"], f"unknown version {v['to_version']}")
+            return
+        why = self._precondition(v, target)
+        if why is not None:
+            self._refuse(ev.MODEL_ROLLED_BACK, v, target.version, why)
             return
         self._set_champion(state, v["to_version"])
         demoted = state.versions.get(v["from_version"])
@@ -197,7 +320,11 @@ class ModelRegistry:
                 registered_at=v.get("event_time", 0))
             return
         if mv.alias == "champion":
-            log.warning("registry: %s rejection of the champion %s ignored", v["deployment"], mv.version)
+            self._refuse(ev.CANDIDATE_REJECTED, v, mv.version, f"{mv.version} is the champion")
+            return
+        why = self._precondition(v, mv) if v.get("stage") == "shadow" else None
+        if why is not None:
+            self._refuse(ev.CANDIDATE_REJECTED, v, mv.version, why)
             return
         mv.alias = "rejected"
 
@@ -206,8 +333,9 @@ class ModelRegistry:
         return sorted(self._deployments)
 
     def versions(self, deployment: str) -> list[ModelVersion]:
+        """Versions of ``deployment`` in the order the log registered them (not by producer time)."""
         state = self._deployments.get(deployment)
-        return sorted(state.versions.values(), key=lambda m: m.registered_at) if state else []
+        return list(state.versions.values()) if state else []
 
     def get(self, deployment: str, version: str) -> ModelVersion | None:
         state = self._deployments.get(deployment)
@@ -235,8 +363,17 @@ class ModelRegistry:
                 return mv
         return None
 
+    def challengers_of_trigger(self, trigger_id: str) -> list[ModelVersion]:
+        """Registered versions of a trigger still undecided (alias challenger)."""
+        return [mv for state in self._deployments.values() for mv in state.versions.values()
+                if mv.trigger_id == trigger_id and mv.alias == "challenger"]
+
     def is_trigger_done(self, trigger_id: str) -> bool:
         return trigger_id in self.done_triggers
 
     def runs_of_trigger(self, trigger_id: str) -> list[RunRecord]:
         return [r for r in self.runs.values() if r.trigger_id == trigger_id]
+
+
+def _log_position(event) -> tuple[int, int]:
+    return (getattr(event, "partition", 0), getattr(event, "offset", 0))

@@ -42,6 +42,7 @@ def deployment_status(settings: Settings, deployment: str, *, decisions: int = 1
                    if e.value.get("deployment") == deployment]
     updates = [e for e in read_to_end(settings, topics.model_updates, timeout_s=timeout_s)
                if e.value.get("deployment") == deployment]
+    refused = {r.event_id: r.reason for r in registry.refusals_of(deployment)}
     recent = []
     for e in updates[-decisions:]:
         v = e.value
@@ -54,6 +55,8 @@ def deployment_status(settings: Settings, deployment: str, *, decisions: int = 1
         else:
             what = f"rejected {v['model_version']} ({v['stage']})"
             reason = "; ".join(v.get("reasons") or [])
+        if v.get("event_id") in refused:
+            what = f"REFUSED {what}: {refused[v['event_id']]};"
         recent.append({"time": v["event_time"], "decision": what, "decided_by": v.get("decided_by", "policy"),
                        "reason": reason})
     return {
@@ -68,6 +71,9 @@ def deployment_status(settings: Settings, deployment: str, *, decisions: int = 1
         "live_comparison": comparisons[-1] if comparisons else None,
         "feedback_loop": _feedback_loop(feedback),
         "recent_decisions": recent,
+        "refused_decisions": [{"time": r.event_time, "event": r.event_type, "version": r.version,
+                               "decided_by": r.decided_by, "reason": r.reason}
+                              for r in registry.refusals_of(deployment)][-decisions:],
     }
 
 
@@ -80,9 +86,57 @@ def _publish(settings: Settings, event_type: str, record: dict) -> dict:
     return record
 
 
+class DecisionRefused(RuntimeError):
+    """The decision was published but the fold refused it: its precondition no longer held when it
+    reached the log (another decision came first). Nothing changed."""
+
+
+def _check_applied(settings: Settings, record: dict, timeout_s: float) -> None:
+    """Compare-and-set on the log: read the registry back and raise DecisionRefused if the fold refused
+    the decision just published (another decision reached the log in between)."""
+    from trainers.registry import ModelRegistry
+
+    registry = ModelRegistry.load(settings, timeout_s=timeout_s)
+    for refusal in registry.refusals_of(record["deployment"]):
+        if refusal.event_id == record["event_id"]:
+            raise DecisionRefused(f"the decision reached the log but was refused: {refusal.reason}")
+
+
+def unservable_reason(settings: Settings, mv) -> str | None:
+    """Why serving apps could not load ``mv`` (missing or tampered artifact, no model factory), or None."""
+    from trainers.artifacts import ArtifactStore
+    from trainers.models import load_predictor
+
+    if not mv.artifact_uri:
+        return "it has no artifact"
+    try:
+        load_predictor(mv, ArtifactStore(settings.resolved_artifact_store))
+    except Exception as exc:  # noqa: BLE001 - whatever stops an app from loading it
+        return f"apps cannot load it ({type(exc).__name__}: {exc})"
+    return None
+
+
+def _safety(settings: Settings, mv, force: bool, option: str) -> list[str]:
+    """The safety checks a manual decision overrides with --force; raises DecisionError without it."""
+    problems = []
+    if mv.alias == "rejected":
+        problems.append(f"{mv.version} was rejected")
+    why = unservable_reason(settings, mv)
+    if why is not None:
+        problems.append(f"{mv.version} is unservable: {why}")
+    if problems and not force:
+        raise DecisionError(f"{option}: " + "; ".join(problems) + " (use --force to decide it anyway)")
+    return problems
+
+
 def manual_promote(settings: Settings, deployment: str, version: str, *, reason: str = "manual promotion",
-                   timeout_s: float = 15.0) -> dict:
-    """Publish ModelPromoted (decided_by manual) making ``version`` the champion; clears it as shadow."""
+                   force: bool = False, timeout_s: float = 15.0) -> dict:
+    """Publish ModelPromoted (decided_by manual) making ``version`` the champion; clears it as shadow.
+
+    The event expects the current champion and the version's current alias (compare-and-set): a
+    decision that reaches the log after another one changed them is refused by every fold, and this
+    raises DecisionRefused. A rejected or unservable version raises DecisionError unless ``force``
+    (then the event has ``forced`` true and the overridden checks in its evidence)."""
     from streams.deployments import DeploymentSettingsClient
     from streams.serde import new_event
     from trainers.registry import ModelRegistry
@@ -92,14 +146,17 @@ def manual_promote(settings: Settings, deployment: str, version: str, *, reason:
     if mv is None:
         known = ", ".join(m.version for m in registry.versions(deployment)) or "none"
         raise DecisionError(f"version: {deployment} has no version {version!r} (known: {known})")
-    if mv.alias in ("rejected",) and not mv.artifact_uri:
-        raise DecisionError(f"version: {version} was refused at evaluation and has no artifact")
     champion = registry.champion(deployment)
     if champion is not None and champion.version == version:
         raise DecisionError(f"version: {version} is already the champion of {deployment}")
+    overridden = _safety(settings, mv, force, "version")
+    evidence = {"forced": "; ".join(overridden)} if overridden else {}
     record = _publish(settings, ev.MODEL_PROMOTED, new_event(
         ev.MODEL_PROMOTED, deployment=deployment, model_name=mv.model_name, model_version=version,
-        previous_version=champion.version if champion else None, decided_by="manual", reason=reason))
+        previous_version=champion.version if champion else None, decided_by="manual", reason=reason,
+        evidence=evidence, expected_champion=champion.version if champion else None, expected_state=mv.alias,
+        forced=bool(overridden)))
+    _check_applied(settings, record, timeout_s)
     client = DeploymentSettingsClient(settings)
     try:
         if client.current(deployment).get("shadow_model_version") == version:
@@ -110,9 +167,9 @@ def manual_promote(settings: Settings, deployment: str, version: str, *, reason:
 
 
 def manual_rollback(settings: Settings, deployment: str, to_version: str | None = None, *,
-                    reason: str = "manual rollback", timeout_s: float = 15.0) -> dict:
+                    reason: str = "manual rollback", force: bool = False, timeout_s: float = 15.0) -> dict:
     """Publish ModelRolledBack (decided_by manual) from the champion to ``to_version`` (default: the
-    previous champion)."""
+    previous champion), expecting that champion (compare-and-set, see :func:`manual_promote`)."""
     from streams.serde import new_event
     from trainers.registry import ModelRegistry
 
@@ -131,9 +188,14 @@ def manual_rollback(settings: Settings, deployment: str, to_version: str | None 
             raise DecisionError(f"to: {deployment} has no version {to_version!r} (known: {known})")
     if target.version == champion.version:
         raise DecisionError(f"to: {target.version} is already the champion")
-    return _publish(settings, ev.MODEL_ROLLED_BACK, new_event(
+    overridden = _safety(settings, target, force, "to")
+    record = _publish(settings, ev.MODEL_ROLLED_BACK, new_event(
         ev.MODEL_ROLLED_BACK, deployment=deployment, model_name=champion.model_name, from_version=champion.version,
-        to_version=target.version, decided_by="manual", reason=reason))
+        to_version=target.version, decided_by="manual", reason=reason,
+        evidence={"forced": "; ".join(overridden)} if overridden else {}, expected_champion=champion.version,
+        expected_state=target.alias, forced=bool(overridden)))
+    _check_applied(settings, record, timeout_s)
+    return record
 
 
 _FEEDBACK_FIELDS = ("predictions_logged", "feedback_received", "reviewed", "added_to_training",
@@ -210,26 +272,33 @@ def register(cli: click.Group) -> None:
     @click.argument("deployment")
     @click.argument("version")
     @click.option("--reason", default="manual promotion", show_default=True)
+    @click.option("--force", is_flag=True, help="Promote even a rejected or unservable version (recorded as forced).")
     @click.pass_obj
-    def promote_cmd(settings: Settings, deployment: str, version: str, reason: str) -> None:
+    def promote_cmd(settings: Settings, deployment: str, version: str, reason: str, force: bool) -> None:
         """Make VERSION the champion of DEPLOYMENT (a ModelPromoted event, decided_by manual)."""
         require_bootstrap(settings)
         try:
-            record = manual_promote(settings, deployment, version, reason=reason)
+            record = manual_promote(settings, deployment, version, reason=reason, force=force)
         except DecisionError as exc:
             raise click.BadParameter(str(exc)) from None
-        click.echo(f"promoted {deployment} {record['model_version']} (was {record['previous_version']})")
+        except DecisionRefused as exc:
+            raise click.ClickException(str(exc)) from None
+        click.echo(f"promoted {deployment} {record['model_version']} (was {record['previous_version']})"
+                   + (" [forced]" if record["forced"] else ""))
 
     @cli.command("rollback")
     @click.argument("deployment")
     @click.option("--to", "to_version", default=None, help="Version to restore (default: the previous champion).")
     @click.option("--reason", default="manual rollback", show_default=True)
+    @click.option("--force", is_flag=True, help="Restore even a rejected or unservable version (recorded as forced).")
     @click.pass_obj
-    def rollback_cmd(settings: Settings, deployment: str, to_version: str | None, reason: str) -> None:
+    def rollback_cmd(settings: Settings, deployment: str, to_version: str | None, reason: str, force: bool) -> None:
         """Restore the previous champion of DEPLOYMENT (a ModelRolledBack event, decided_by manual)."""
         require_bootstrap(settings)
         try:
-            record = manual_rollback(settings, deployment, to_version, reason=reason)
+            record = manual_rollback(settings, deployment, to_version, reason=reason, force=force)
         except DecisionError as exc:
             raise click.BadParameter(str(exc)) from None
+        except DecisionRefused as exc:
+            raise click.ClickException(str(exc)) from None
         click.echo(f"rolled back {deployment} {record['from_version']} -> {record['to_version']}")
