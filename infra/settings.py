@@ -45,6 +45,13 @@ class Settings:
     sdk_speedups: bool = True
     """Use the SDK's C encoder (streams/_speedups.c) for log_prediction when it was built. False: the
     pure-Python encoders (the same bytes, about half the throughput)."""
+    event_time_max_past_s: float = 86400.0
+    """How far (seconds) a client's event_time may lie before the reference clock: the SDK's own clock at
+    the call, a consumer's record Kafka timestamp (predictions, feedback). Beyond it: the SDK raises
+    InvalidEvent naming event_time, consumers dead-letter the record as invalid. 0: no bound (backfills)."""
+    event_time_max_future_s: float = 300.0
+    """How far (seconds) a client's event_time may lie after the reference clock (see
+    event_time_max_past_s). 0: no bound."""
     # --- ClickHouse / storage -----------------------------------------------------------------------
     data_dir: str = ".ctloop"
     """Where embedded data lives (chdb database, model artifacts, reports)."""

@@ -22,7 +22,10 @@ def decode_message(ctx, message, component: str, *, validate: bool = True):
     """Decode one faust message; returns ``(event_type, value)`` or None after dead-lettering it
     (undecodable, unknown schema, a type not allowed on the topic, or an invalid event)."""
     try:
-        decoded = decode_checked(ctx.serde, ctx.topics, message.topic, message.value, validate=validate)
+        decoded = decode_checked(ctx.serde, ctx.topics, message.topic, message.value, validate=validate,
+                                 record_time_ms=int(message.timestamp * 1000) if message.timestamp else None,
+                                 event_time_bounds=(ctx.settings.event_time_max_past_s,
+                                                    ctx.settings.event_time_max_future_s))
     except Rejected as exc:
         dead_letter_message(ctx, message, exc.reason, exc.error_type, component)
         return None

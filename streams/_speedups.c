@@ -8,8 +8,9 @@
  * model_name, model_version, role, features, label, score, probabilities, latency_ms). It returns None,
  * without raising, for anything outside the plain case: a non-str or empty string where one is required,
  * a role that is not one of the schema's symbols, an empty or non-dict feature map, a feature that is not
- * an exact int or float (bool is refused) or is NaN/infinite, a probability outside [0, 1], neither label
- * nor score, and so on. The caller (streams/sdk.py) then takes its Python path, which names the field
+ * an exact int or float (bool is refused) or is NaN/infinite or beyond float32's range (|x| > FLT_MAX: the
+ * models compute in float32), a string that is not encodable as UTF-8 (a lone surrogate), a probability
+ * outside [0, 1], neither label nor score, and so on. The caller (streams/sdk.py) then takes its Python path, which names the field
  * in its error or encodes the unusual-but-valid record. The pure-Python encoders stay the reference:
  * tests compare this module's bytes with theirs, and every refusal with theirs.
  *
@@ -17,6 +18,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <float.h>
 #include <math.h>
 #include <string.h>
 
@@ -128,7 +130,7 @@ static int put_str(Buffer *b, PyObject *s, int allow_empty) {
     return OK;
 }
 
-/* A finite number from a float (numpy.float64 included: a float subclass) or an exact int (bool and other int
+/* A number finite in float32 (|x| <= FLT_MAX, as streams/validation.py's FLOAT32_MAX) from a float (numpy.float64 included: a float subclass) or an exact int (bool and other int
  * subclasses are refused, as the Python checks refuse bool). A float subclass is taken at its stored value
  * without calling Python code (so a dict cannot change while it is walked); only a subclass whose __float__
  * returns a different number would be encoded differently by the Python path, which calls __float__. */
@@ -145,7 +147,7 @@ static int as_finite(PyObject *v, double *out) {
     } else {
         return REFUSE;
     }
-    if (!isfinite(x)) {
+    if (!isfinite(x) || fabs(x) > (double)FLT_MAX) { /* NaN, infinite, or infinite once a model casts it */
         return REFUSE;
     }
     *out = x;

@@ -97,7 +97,10 @@ class EventConsumer:
             topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
             self._pending[(topic, partition)] = offset + 1
             try:
-                decoded = decode_checked(self.serde, self.topics_registry, topic, msg.value(), validate=self.validate)
+                decoded = decode_checked(self.serde, self.topics_registry, topic, msg.value(), validate=self.validate,
+                                         record_time_ms=msg.timestamp()[1],
+                                         event_time_bounds=(self.settings.event_time_max_past_s,
+                                                            self.settings.event_time_max_future_s))
             except Rejected as exc:
                 self.dead_letter(msg, exc.reason, exc.error_type)
                 continue

@@ -26,8 +26,13 @@ class Rejected(ValueError):
         self.error_type = error_type
 
 
-def decode_checked(serde: Serde, topics: Topics, topic: str, raw: bytes | None, *, validate: bool = True) -> Decoded:
-    """Decode ``raw`` read from ``topic`` and check it is allowed there and valid; raise Rejected."""
+def decode_checked(serde: Serde, topics: Topics, topic: str, raw: bytes | None, *, validate: bool = True,
+                   record_time_ms: int | None = None, event_time_bounds: tuple[float, float] = (0.0, 0.0)) -> Decoded:
+    """Decode ``raw`` read from ``topic`` and check it is allowed there and valid; raise Rejected.
+
+    ``record_time_ms`` (the record's Kafka timestamp) and ``event_time_bounds`` (Settings
+    event_time_max_past_s, event_time_max_future_s): an app event whose event_time is outside the bounds
+    around the timestamp is ``invalid`` (streams.validation.validate_event)."""
     try:
         decoded = serde.decode(raw)
     except DecodeError as exc:
@@ -38,7 +43,8 @@ def decode_checked(serde: Serde, topics: Topics, topic: str, raw: bytes | None, 
                        "unexpected_type")
     if validate:
         try:
-            validate_event(decoded.event_type, decoded.value)
+            validate_event(decoded.event_type, decoded.value, record_time_ms=record_time_ms,
+                           event_time_max_past_s=event_time_bounds[0], event_time_max_future_s=event_time_bounds[1])
         except InvalidEvent as exc:
             raise Rejected(f"invalid {decoded.event_type}: {exc}", "invalid") from None
     return decoded

@@ -14,7 +14,7 @@ from streams.consumer import read_to_end
 from streams.producer import EventProducer
 from streams.serde import Serde, new_event
 from streams.topics import Topics
-from streams.validation import InvalidEvent
+from streams.validation import InvalidEvent, check_strings
 
 SETTINGS_OPERATIONS = (
     "setup_feedback_loop", "attach_dataset_version", "toggle_feedback_loop", "setup_continuous_training",
@@ -101,6 +101,7 @@ class DeploymentSettingsClient:
         unknown = set(fields) - set(schema.field_names)
         if unknown:
             raise InvalidEvent(sorted(unknown)[0], "not a deployment setting")
+        check_strings({"deployment": deployment, **fields})  # UTF-8 encodable, naming the field
         base.update(fields)
         record = new_event(schema, **{k: v for k, v in base.items() if k not in ("event_id", "event_time")})
         record["revision"] = base.get("revision", 0) + 1

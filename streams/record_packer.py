@@ -6,7 +6,10 @@ a ``struct.Struct`` covering the whole single-object-encoded PredictionLogged re
 parts (header, strings, map keys) are fixed ``Ns`` arguments, and only the ids, the time and the
 numbers change from call to call. Encoding is then one C call instead of a walk over the fields. The
 bytes are exactly the generic encoder's (tests compare them). Shapes that do not fit (ids that are not
-36 ASCII characters, more than ``limit`` shapes) return None, and the caller uses the generic encoder.
+36 ASCII characters, strings not encodable as UTF-8, more than ``limit`` shapes) return None, and the
+caller uses the generic encoder. The packer checks no values: numbers are packed as they are (a double
+per value), so its caller (``CtloopClient._log_prediction_checked``) checks them first (finite in
+float32, streams/validation.py).
 """
 from __future__ import annotations
 
@@ -34,11 +37,14 @@ class PredictionPacker:
     def pack(self, event_id: str, event_time: int, prediction_id: str, deployment: str, model_name: str,
              model_version: str, role: str, features: dict, label, score, probabilities: dict,
              latency_ms: float) -> bytes | None:
-        pid = prediction_id.encode()
+        try:
+            pid = prediction_id.encode()
+        except (UnicodeEncodeError, AttributeError):  # the caller's precise checks name the field
+            return None
         if len(pid) != 36 or len(event_id) != 36:  # struct's "36s" would pad or cut silently
             return None
         if event_time != self._last_ms:
-            if event_time.__class__ is not int:
+            if event_time.__class__ is not int or not -2**63 <= event_time < 2**63:
                 return None
             self._last_ms, self._last_ms_bytes = event_time, _long(event_time)
         time_bytes = self._last_ms_bytes

@@ -11,7 +11,6 @@ raised at ``flush()``/``close()``. Invalid input is refused at the call with an 
 """
 from __future__ import annotations
 
-import math
 import struct
 import threading
 import time
@@ -22,8 +21,10 @@ from streams.producer import EventProducer
 from streams.record_packer import PredictionPacker
 from streams.serde import EncodeError, Serde
 from streams.topics import Topics
-from streams.validation import (_NUMBERS, FEEDBACK_KINDS, FEEDBACK_TYPES, ROLES, VERDICTS, InvalidEvent,
-                                check_features, check_probabilities, check_str)
+from streams.validation import (_NUMBERS, FLOAT32_MAX, FEEDBACK_KINDS, FEEDBACK_TYPES, ROLES, VERDICTS, InvalidEvent,
+                                check_event_time, check_features, check_features_strict, check_number,
+                                check_optional_str, check_probabilities, check_probabilities_strict, check_str,
+                                numbers_in_range)
 
 try:  # the C hot path, built by setup.py where a compiler is available (streams/_speedups.c)
     from streams._speedups import encode_prediction as _encode_prediction_c
@@ -63,13 +64,26 @@ class CtloopClient:
                              and self._encode_prediction_fields is not None else None)
         self._feedback_header = self.serde.single_object_header(ev.FEEDBACK_RECEIVED) if self.serde.registry is None else None
         self._settings_client = None
+        self._max_past_s = float(settings.event_time_max_past_s)
+        self._max_future_s = float(settings.event_time_max_future_s)
+
+    def _check_event_time(self, event_time) -> int:
+        """A caller's event_time within the settings' bound around this process's clock."""
+        return check_event_time(event_time, time.time_ns() // 1_000_000, self._max_past_s, self._max_future_s)
 
     # -- predictions ----------------------------------------------------------------------------
     def log_prediction(self, deployment: str, features: dict, *, label: str | None = None, score: float | None = None,
                        probabilities: dict | None = None, model_version: str, model_name: str = "",
                        role: str = "primary", prediction_id: str | None = None, latency_ms: float = 0.0,
                        event_time: int | None = None) -> str:
-        """Log one prediction; returns its prediction id (give it to log_feedback)."""
+        """Log one prediction; returns its prediction id (give it to log_feedback).
+
+        features: name -> number finite in float32 (|x| <= 3.4e38); strings must be UTF-8 encodable;
+        event_time: ms since the epoch, default now; a given one must lie within
+        ``settings.event_time_max_past_s`` / ``event_time_max_future_s`` of this process's clock.
+        Raises InvalidEvent naming the offending field (``features['x']``, ``label``, ``event_time``...)."""
+        if event_time is not None:
+            event_time = self._check_event_time(event_time)
         encode = self._encode_fast
         if encode is not None:  # checks and encodes in one C call; None means "not the plain case"
             if prediction_id is None:
@@ -98,13 +112,10 @@ class CtloopClient:
             check_str("model_name", model_name, allow_empty=True)
         if role not in ROLES:
             raise InvalidEvent("role", f"must be one of {ROLES}, got {role!r}")
-        # features: numbers and a finite sum here; names are checked by the encoder's key-set cache
-        # (a non-string name fails encoding, and check_features below then names it)
-        try:
-            fast = features.__class__ is dict and features and _NUMBERS.issuperset(map(type, features.values())) \
-                and math.isfinite(sum(features.values()))
-        except OverflowError:
-            fast = False
+        # features: numbers finite in float32 here; names are checked by the encoders (a non-string or
+        # non-UTF-8 name fails encoding, and _refuse below then names it)
+        fast = features.__class__ is dict and features and _NUMBERS.issuperset(map(type, features.values())) \
+            and numbers_in_range(features.values())
         if not fast:
             check_features(features)
         if label is None:
@@ -113,10 +124,8 @@ class CtloopClient:
         elif label.__class__ is not str:
             check_str("label", label)
         if score is not None:
-            if score.__class__ is not float or score - score != 0.0:  # x - x is nan for nan and inf
-                if not isinstance(score, (int, float)) or isinstance(score, bool) or not math.isfinite(score):
-                    raise InvalidEvent("score", f"must be a finite number, got {score!r}")
-                score = float(score)
+            if score.__class__ is not float or not -FLOAT32_MAX <= score <= FLOAT32_MAX:  # False for nan
+                score = check_number("score", score)
         if probabilities:
             vals = probabilities.values()
             try:  # fast path; NaN makes the sum differ from itself, and anything odd gets the precise check
@@ -128,16 +137,16 @@ class CtloopClient:
                 check_probabilities(probabilities)
         else:
             probabilities = {}
-        if latency_ms.__class__ is not float or latency_ms - latency_ms != 0.0:
-            if not isinstance(latency_ms, (int, float)) or isinstance(latency_ms, bool) or not math.isfinite(latency_ms):
-                raise InvalidEvent("latency_ms", f"must be a finite number, got {latency_ms!r}")
-            latency_ms = float(latency_ms)
+        if latency_ms.__class__ is not float or not -FLOAT32_MAX <= latency_ms <= FLOAT32_MAX:
+            latency_ms = check_number("latency_ms", latency_ms)
         if prediction_id is None:
             prediction_id = self._uuid()  # UuidSource.pop is atomic under the GIL: no lock needed
         elif prediction_id.__class__ is not str or not prediction_id:
             check_str("prediction_id", prediction_id)
         if event_time is None:
             event_time = time.time_ns() // 1_000_000
+        elif event_time.__class__ is not int:
+            event_time = self._check_event_time(event_time)  # already checked in log_prediction; type only
         topic = self._shadow_topic if role == "shadow" else self._predictions_topic
         value = None
         if self._packer is not None:  # one struct.pack per record shape (streams/record_packer.py)
@@ -158,9 +167,9 @@ class CtloopClient:
                 value = self._prediction_header + self._encode_prediction_fields(
                     event_id, event_time, prediction_id, deployment, model_name, model_version, role, features,
                     label, score, probabilities, latency_ms)
-            except (TypeError, ValueError, KeyError, AttributeError, struct.error) as exc:
-                check_features(features)  # a non-string feature name: the precise error
-                raise InvalidEvent("record", f"cannot encode prediction: {exc}") from None
+            except (TypeError, ValueError, KeyError, AttributeError, OverflowError, struct.error) as exc:
+                self._refuse(deployment, model_name, model_version, features, label, probabilities, prediction_id,
+                             event_time, exc)
         else:
             record = {
                 **self._prediction_defaults,
@@ -172,14 +181,33 @@ class CtloopClient:
             try:
                 value = self.serde.encode(ev.PREDICTION_LOGGED, record, topic)
             except EncodeError as exc:
-                raise InvalidEvent("record", str(exc)) from None
+                self._refuse(deployment, model_name, model_version, features, label, probabilities, prediction_id,
+                             event_time, exc)
         return value
+
+    @staticmethod
+    def _refuse(deployment, model_name, model_version, features, label, probabilities, prediction_id, event_time,
+                exc: Exception):
+        """An encoder refused a record the cheap checks passed: run every precise check so that the error
+        names the field (a non-string or non-UTF-8 feature name, a lone surrogate in a label...)."""
+        check_str("deployment", deployment)
+        check_str("model_name", model_name, allow_empty=True)
+        check_str("model_version", model_version)
+        check_str("prediction_id", prediction_id)
+        check_features_strict(features)
+        check_optional_str("label", label)
+        check_probabilities_strict(probabilities)
+        if event_time.__class__ is not int:
+            raise InvalidEvent("event_time", f"expected milliseconds since the epoch (an integer), got {event_time!r}")
+        raise InvalidEvent("record", f"cannot encode prediction: {exc}") from None
 
     # -- feedback -------------------------------------------------------------------------------
     def log_feedback(self, prediction_id: str, deployment: str, *, label: str | None = None,
                      feedback_type: str = "label", kind: str = "explicit", verdict: str | None = None,
                      reviewer: str | None = None, event_time: int | None = None) -> str:
-        """Log feedback about a prediction; returns the feedback event id.
+        """Log feedback about a prediction; returns the feedback event id. Strings must be UTF-8 encodable;
+        a given event_time must lie within the settings' bound around this process's clock (see
+        log_prediction). Raises InvalidEvent naming the offending field.
 
         feedback_type: label (the true label), correction (replaces an earlier label) or review
         (a verdict, correct/incorrect, on the predicted label, optionally with the right label)."""
@@ -200,10 +228,14 @@ class CtloopClient:
                 raise InvalidEvent("verdict", "only review feedback has a verdict")
         if reviewer is not None:
             check_str("reviewer", reviewer)
+        if event_time is None:
+            event_time = time.time_ns() // 1_000_000
+        else:
+            event_time = self._check_event_time(event_time)
         with self._lock:
             event_id = self._uuid()
         record = {
-            "event_id": event_id, "event_time": event_time or time.time_ns() // 1_000_000,
+            "event_id": event_id, "event_time": event_time,
             "prediction_id": prediction_id, "deployment": deployment, "feedback_type": feedback_type, "kind": kind,
             "label": label, "verdict": verdict, "reviewer": reviewer,
         }

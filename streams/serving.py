@@ -31,7 +31,7 @@ from streams import catalog as ev
 from streams.consumer import Event
 from streams.follower import TopicFollower
 from streams.topics import Topics
-from streams.validation import InvalidEvent, check_features
+from streams.validation import InvalidEvent, ModelOutputError, check_features
 
 log = logging.getLogger(__name__)
 
@@ -303,9 +303,15 @@ class Deployment:
         start = time.perf_counter()
         label, probabilities = model.predict(features)
         latency_ms = (time.perf_counter() - start) * 1000.0
-        self.client.log_prediction(self.deployment, features, label=label, probabilities=probabilities,
-                                   model_version=model.version, model_name=name, role=role,
-                                   prediction_id=prediction_id, latency_ms=latency_ms)
+        try:  # a refused label/probabilities is the model's output (e.g. NaN probabilities), not the request's
+            self.client.log_prediction(self.deployment, features, label=label, probabilities=probabilities,
+                                       model_version=model.version, model_name=name, role=role,
+                                       prediction_id=prediction_id, latency_ms=latency_ms)
+        except InvalidEvent as exc:
+            if not exc.field.startswith(("label", "probabilities", "score")):
+                raise  # the request's (e.g. a feature name that is not UTF-8)
+            raise ModelOutputError(exc.field, f"deployment {self.deployment!r}: model version {model.version} "
+                                              f"returned output that cannot be logged ({exc})") from exc
         if role == "primary" and served.candidate is not None:
             try:
                 self._shadow_queue.put_nowait((prediction_id, features, served.candidate, served.candidate_name))

@@ -49,7 +49,8 @@ def scenario_settings(kafka_bootstrap: str, clickhouse_url: str, data_dir, datab
 
     settings = Settings(bootstrap_servers=kafka_bootstrap, topic_prefix=f"t{uuid.uuid4().hex[:10]}.",
                         data_dir=str(data_dir), clickhouse_url=clickhouse_url,
-                        clickhouse_database=f"{database_prefix}_{uuid.uuid4().hex[:10]}", sink_flush_interval_s=0.2)
+                        clickhouse_database=f"{database_prefix}_{uuid.uuid4().hex[:10]}", sink_flush_interval_s=0.2,
+                        event_time_max_past_s=0)  # the scenario backfills events of T0 (no past bound)
     ensure_topics(AdminClient({"bootstrap.servers": kafka_bootstrap}), Topics.from_settings(settings))
     return settings
 

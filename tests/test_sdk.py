@@ -134,6 +134,27 @@ BAD_PREDICTIONS = [
     ("probabilities['a']", dict(probabilities={"a": 1.5})),
     ("probabilities['a']", dict(probabilities={"a": math.nan})),
     ("latency_ms", dict(latency_ms="fast")),
+    # numbers finite in float64 but not in float32, which the models compute in (issue 11)
+    ("features['x']", dict(features={"x": 1e39})),
+    ("features['x']", dict(features={"x": -1e39})),
+    ("features['x']", dict(features={"x": 10**39})),
+    ("features['y']", dict(features={"x": 1.0, "y": 3.5e38})),
+    ("score", dict(label=None, score=1e39)),
+    ("latency_ms", dict(latency_ms=1e39)),
+    # strings that are not UTF-8 encodable: lone surrogates, as surrogateescape decoding produces
+    ("deployment", dict(deployment="fraud\udcff")),
+    ("model_version", dict(model_version="1\ud800")),
+    ("model_name", dict(model_name="\udcff")),
+    ("label", dict(label="ok\udcff")),
+    ("prediction_id", dict(prediction_id="p\udcff")),
+    ("features", dict(features={"amount\udcff": 1.0})),
+    ("probabilities", dict(probabilities={"\udcff": 0.5})),
+    # a client clock outside the bound (event_time_max_past_s / event_time_max_future_s) around the SDK's
+    ("event_time", dict(event_time=1)),
+    ("event_time", dict(event_time=time.time_ns() // 1_000_000 - 2 * 86400_000)),
+    ("event_time", dict(event_time=time.time_ns() // 1_000_000 + 3600_000)),
+    ("event_time", dict(event_time=1.5e12)),
+    ("event_time", dict(event_time=True)),
 ]
 
 
@@ -148,6 +169,47 @@ def test_invalid_prediction_is_refused_naming_the_field(settings, field, change,
         assert err.value.field == field
         assert field in str(err.value)
         assert len(client.producer) == 0, "nothing was queued"
+
+
+@pytest.mark.parametrize("speedups", [True, False], ids=["c-encoder", "python"])
+def test_values_at_the_edge_of_the_bounds_are_accepted(settings, topics, speedups):
+    """The largest float32 and the ends of the event_time bound pass; event_time_max_past_s=0 lets a
+    backfill through. What was logged is what is read back."""
+    from streams.validation import FLOAT32_MAX
+
+    now = time.time_ns() // 1_000_000
+    with CtloopClient(settings.replace(sdk_speedups=speedups)) as client:
+        client.log_prediction("d", {"x": FLOAT32_MAX, "y": -FLOAT32_MAX, "z": 10**38}, label="\u00e9t\u00e9",
+                              score=-FLOAT32_MAX, model_version="1", event_time=now - 86000_000)
+        client.log_prediction("d", {"x": 1.0}, label="a", model_version="1", event_time=now + 290_000)
+        client.log_feedback("p", "d", label="a", event_time=now - 86000_000)
+    with CtloopClient(settings.replace(sdk_speedups=speedups, event_time_max_past_s=0)) as backfill:
+        backfill.log_prediction("d", {"x": 1.0}, label="a", model_version="1", event_time=1_000_000)
+    # consumers compare event_time with the record's timestamp: a backfill needs the bound off there too
+    events = consume_all(settings.replace(event_time_max_past_s=0), topics.predictions, 3)
+    by_time = sorted(events, key=lambda e: e.value["event_time"])
+    assert [e.value["event_time"] for e in by_time] == [1_000_000, now - 86000_000, now + 290_000]
+    assert by_time[1].value["features"] == {"x": FLOAT32_MAX, "y": -FLOAT32_MAX, "z": 1e38}
+    assert by_time[1].value["label"] == "\u00e9t\u00e9"
+
+
+SETTINGS_CALLS = [
+    ("deployment", "setup_feedback_loop", ("fraud\udcff",), {}),
+    ("model_name", "setup_feedback_loop", ("fraud",), {"model_name": "mlp\udcff"}),
+    ("model_factory", "setup_feedback_loop", ("fraud",), {"model_factory": "pkg:make\udcff"}),
+    ("dataset_version", "attach_dataset_version", ("fraud", "/data/\udcffbase.csv"), {}),
+    ("shadow_model_version", "set_shadow_model", ("fraud", "2\udcff"), {}),
+    ("deployment", "toggle_continuous_training", ("\ud800", True), {}),
+]
+
+
+@pytest.mark.parametrize("field, operation, args, kwargs", SETTINGS_CALLS, ids=[c[1] + "-" + c[0] for c in SETTINGS_CALLS])
+def test_settings_operation_refuses_a_string_that_is_not_utf8(settings, topics, field, operation, args, kwargs):
+    with CtloopClient(settings) as client:
+        with pytest.raises(InvalidEvent) as err:
+            getattr(client, operation)(*args, **kwargs)
+        assert err.value.field == field
+        assert len(client.producer) == 0
 
 
 def test_missing_required_argument_is_refused(settings):
@@ -166,6 +228,13 @@ BAD_FEEDBACK = [
     ("verdict", dict(feedback_type="review", verdict="maybe")),
     ("verdict", dict(feedback_type="review", verdict=None)),
     ("reviewer", dict(reviewer=3)),
+    ("label", dict(label="fraud\udcff")),
+    ("reviewer", dict(reviewer="ann\udcff")),
+    ("deployment", dict(deployment="\ud800")),
+    ("prediction_id", dict(prediction_id="p\udcff")),
+    ("label", dict(feedback_type="review", verdict="incorrect", label="\udcff")),
+    ("event_time", dict(event_time=1)),
+    ("event_time", dict(event_time=time.time_ns() // 1_000_000 + 3600_000)),
 ]
 
 
@@ -263,14 +332,15 @@ def test_sdk_bytes_equal_the_serde_encoding(settings):
 
     producer = Capture(settings, serde)
     client = CtloopClient(settings, producer=producer)
+    t = time.time_ns() // 1_000_000 - 60_000
     client.log_prediction("d", FEATURES, label="a", probabilities={"a": 1.0}, model_version="1", model_name="m",
-                          role="canary", latency_ms=3, event_time=1767225600000, prediction_id="p-1")
+                          role="canary", latency_ms=3, event_time=t, prediction_id="p-1")
     client.log_prediction("d", {"x": 1}, score=0.25, model_version="2", prediction_id="p-2")
     for value in captured:
         decoded = serde.decode(value)
         assert serde.encode(ev.PREDICTION_LOGGED, decoded.value) == value
     first = serde.decode(captured[0]).value
     assert (first["role"], first["latency_ms"], first["event_time"], first["prediction_id"]) == (
-        "canary", 3.0, 1767225600000, "p-1")
+        "canary", 3.0, t, "p-1")
     assert serde.decode(captured[1]).value["features"] == {"x": 1.0}
     producer.close(1)

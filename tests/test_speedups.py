@@ -15,7 +15,7 @@ import pytest
 from streams import catalog as ev
 from streams.ids import UuidSource
 from streams.serde import Serde
-from streams.validation import InvalidEvent
+from streams.validation import FLOAT32_MAX, InvalidEvent
 
 FIELDS = ("event_id", "event_time", "prediction_id", "deployment", "model_name", "model_version", "role", "features",
           "label", "score", "probabilities", "latency_ms")
@@ -64,8 +64,9 @@ def test_bytes_equal_the_generic_encoder_on_random_records():
     text = ["", "a", "dép", "ünïcode-ß", "x" * 70, "y" * 9000, "🙂" * 5]  # 70 and 9000 bytes: 2- and 3-byte lengths
     for _ in range(2000):
         n_features = rnd.choice([1, 2, 20, 63, 64, 65, 300])  # 300 features: more than the stack buffer
-        features = {f"{rnd.choice(text[:4])}f{i}": rnd.choice([rnd.uniform(-1e300, 1e300), rnd.randint(-2**62, 2**62),
-                                                                0.0, -0.0, 5e-324, 1, np.float64(0.3)])
+        features = {f"{rnd.choice(text[:4])}f{i}": rnd.choice([rnd.uniform(-3.4e38, 3.4e38), rnd.randint(-2**62, 2**62),
+                                                                0.0, -0.0, 5e-324, 1, np.float64(0.3),
+                                                                FLOAT32_MAX, -FLOAT32_MAX])
                     for i in range(n_features)}
         probabilities = rnd.choice([None, {}, {k: rnd.choice([0, 1, 0.0, 1.0, rnd.random()])
                                                for k in rnd.sample(text, 3)}])
@@ -97,6 +98,13 @@ REFUSED = [
     dict(label=None, score=False), dict(probabilities={"a": 1.5}), dict(probabilities={"a": -0.1}),
     dict(probabilities={"a": math.nan}), dict(probabilities={1: 0.5}), dict(probabilities=[0.5]),
     dict(latency_ms="fast"), dict(latency_ms=math.inf), dict(latency_ms=None),
+    # beyond float32 (finite in the float64 wire type, infinite in a model): issue 11
+    dict(features={"x": 1e39}), dict(features={"x": -1e39}), dict(features={"x": 10**39}),
+    dict(features={"x": float(np.nextafter(np.float64(FLOAT32_MAX), np.inf))}), dict(label=None, score=1e39),
+    dict(latency_ms=1e39),
+    # strings that are not UTF-8 encodable (lone surrogates, as surrogateescape decoding makes)
+    dict(deployment="d\udcff"), dict(model_name="\udcff"), dict(model_version="1\ud800"), dict(label="\udcff"),
+    dict(prediction_id="p\udcff"), dict(probabilities={"\udcff": 0.5}),
 ]
 
 
@@ -119,6 +127,7 @@ def test_client_takes_the_c_path_and_falls_back_with_the_same_bytes(settings):
     from streams.sdk import CtloopClient
 
     captured: list[bytes] = []
+    settings = settings.replace(event_time_max_past_s=0)  # the calls below use fixed event times of 1970
     fast = CtloopClient(settings)
     slow = CtloopClient(settings.replace(sdk_speedups=False))
     assert fast._encode_fast is speedups.encode_prediction and slow._encode_fast is None

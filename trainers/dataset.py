@@ -9,6 +9,7 @@ prediction are in one partition).
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,9 @@ import numpy as np
 
 from streams import catalog as ev
 from streams.serde import DecodeError, Serde
+from streams.validation import unrepresentable_rows
+
+log = logging.getLogger(__name__)
 
 HOLDOUT_PERCENT = 20
 
@@ -213,6 +217,13 @@ def dataset_from_arrays(ids: np.ndarray, x: np.ndarray, y: np.ndarray, times: np
     y = np.asarray([str(v) for v in y], dtype=object)[order]
     t = np.asarray(times, dtype=np.int64)[order]
     feature_names = list(feature_names)
+    unrepresentable = unrepresentable_rows(x)  # defence in depth: the edge refuses these (streams/validation.py)
+    if unrepresentable.any():
+        log.warning("dataset: dropped %d of %d rows with a feature value beyond float32's range (|x| > 3.4e38 "
+                    "or infinite): one such row would make the trained model all-NaN", int(unrepresentable.sum()),
+                    len(ids_arr))
+        keep = ~unrepresentable
+        ids_arr, x, y, t = ids_arr[keep], x[keep], y[keep], t[keep]
 
     n = len(ids_arr)
     if n < max(min_examples, 2):
