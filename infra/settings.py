@@ -71,11 +71,17 @@ class Settings:
     metrics_port: int = 0
     """Port of the Prometheus endpoint of a process (0: a free port is chosen and logged)."""
     processor_workers: int = 1
-    """Stream-processor worker processes started by `ctloop process`."""
+    """Stream-processor worker processes `ctloop process` (and `python -m processors.worker`) runs and supervises,
+    in one consumer group; more than 1: each child gets CTLOOP_PROCESSOR_WORKERS=1, metrics on metrics_port + i (0: a free
+    port each) and its own ready file; a child that exits non-zero stops the others and the supervisor exits with its code."""
     processor_stages: str = ""
     """Comma-separated processor stage modules to run (empty: all of processors.app.STAGES)."""
     processor_ready_file: str = ""
     """File a processor worker writes once its consumers are assigned and its state is recovered (empty: none)."""
+    processor_stall_timeout_s: float = 60.0
+    """A processor worker that cannot reach the broker, or finds its topics gone (a restarted, empty broker), for this
+    long exits with code 75 for its supervisor to restart it; /healthz on the metrics port answers 503 meanwhile.
+    0: never exit (health still reported)."""
     join_ttl_s: float = 7 * 24 * 3600.0
     """How long a prediction waits for its feedback in the join before it is forgotten."""
     feedback_park_ttl_s: float = 3600.0

@@ -5,12 +5,22 @@ One worker process runs the faust app with the stages of ``settings.processor_st
 (faust's worker installs the handlers). When ``settings.processor_ready_file`` is set, the worker writes
 that file (JSON: pid, metrics port, assigned partitions) once its consumers have been assigned partitions
 and its tables are recovered, so that tests and supervisors wait on a condition rather than a sleep.
+
+A worker watches its broker (processors/liveness.py): ``/healthz`` on the metrics port, the gauge
+``ctloop_processor_last_progress_seconds``, and an exit with code 75 after ``processor_stall_timeout_s``
+without the broker or its topics. ``run_workers`` (``ctloop process``, ``python -m processors.worker``)
+runs ``processor_workers`` such workers as child processes in one consumer group and supervises them.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 from infra.metrics import Metrics
@@ -130,8 +140,20 @@ def run_worker(settings: Settings) -> None:
     ensure_topics(admin, Topics.from_settings(settings))
     ensure_internal_topics(admin, settings)   # before the group forms: the assignor co-partitions them
     worker, app, ctx = build_worker(settings)
+    watch = _watch_broker(settings, ctx.metrics)
+
+    def health() -> tuple[bool, dict]:
+        healthy, details = watch.health()
+        try:
+            details["assigned"] = sorted(f"{tp.topic}[{tp.partition}]" for tp in app.consumer.assignment())
+        except Exception:  # noqa: BLE001 - no consumer yet
+            details["assigned"] = []
+        return healthy, details
+
+    ctx.metrics.set_health(health)
     port = ctx.metrics.serve(settings.metrics_port)
     log.info("processor worker %d: metrics on :%d", os.getpid(), port)
+    watch.start()
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:
@@ -144,10 +166,134 @@ def run_worker(settings: Settings) -> None:
             log.warning("processor worker: output producer close failed: %s", exc)
 
 
+def _watch_broker(settings: Settings, metrics: Metrics):
+    """The worker's BrokerWatch: every topic of the registry and the internal ones must stay on the broker."""
+    from processors.liveness import EXIT_BROKER_LOST, BrokerWatch, broker_check
+    from processors.ownership import INTERNAL_TOPICS
+    from streams.topics import Topics
+
+    required = Topics.from_settings(settings).all_names() + [f"{settings.topic_prefix}{t}" for t in INTERNAL_TOPICS]
+
+    def on_stall(problem: str) -> None:
+        log.critical("processor worker %d: no usable broker for %gs (%s); exiting with %d for a restart",
+                     os.getpid(), settings.processor_stall_timeout_s, problem, EXIT_BROKER_LOST)
+        logging.shutdown()
+        os._exit(EXIT_BROKER_LOST)   # nothing to flush: the broker that would take it is gone
+
+    return BrokerWatch(broker_check(settings.bootstrap_servers, required), settings.processor_stall_timeout_s,
+                       on_stall, metrics=metrics)
+
+
+def child_environment(settings: Settings, base: dict | None = None) -> dict[str, str]:
+    """Environment with every field of ``settings`` as ``CTLOOP_<FIELD>`` (for child processes)."""
+    env = dict(os.environ if base is None else base)
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        env[f"CTLOOP_{f.name.upper()}"] = ("true" if value else "false") if isinstance(value, bool) else str(value)
+    return env
+
+
+def child_settings(settings: Settings, index: int) -> Settings:
+    """Settings of the ``index``-th child of a supervisor: one worker, metrics on metrics_port + index
+    (0 stays 0: a free port), ready file ``<processor_ready_file>.<index>`` when one is set."""
+    return settings.replace(processor_workers=1,
+                            metrics_port=settings.metrics_port + index if settings.metrics_port else 0,
+                            processor_ready_file=f"{settings.processor_ready_file}.{index}"
+                            if settings.processor_ready_file else "")
+
+
+def run_workers(settings: Settings, poll_s: float = 0.2) -> int:
+    """Run ``settings.processor_workers`` processor workers (1: in this process, ``run_worker``).
+
+    More than one: each is a child process (``python -m processors.worker`` with :func:`child_settings`)
+    in the consumer group ``<prefix>processors``. SIGTERM/SIGINT are passed on to the children. A child
+    that exits non-zero stops the others (SIGTERM, then SIGKILL after 30 s) and the supervisor returns
+    its exit code, so that the supervisor's own supervisor (systemd, Kubernetes) restarts the set;
+    returns 0 once every child exited cleanly. When ``processor_ready_file`` is set, it is written
+    (JSON: pid, workers: the children's ready files) once every child is ready.
+    ValueError when processor_workers < 1."""
+    n = settings.processor_workers
+    if n < 1:
+        raise ValueError(f"processor_workers: must be at least 1, got {n}")
+    if n == 1:
+        run_worker(settings)
+        return 0
+    if not settings.bootstrap_servers:
+        raise ValueError("bootstrap_servers: a processor worker needs a Kafka cluster (CTLOOP_BOOTSTRAP_SERVERS)")
+    from confluent_kafka.admin import AdminClient
+
+    from processors.ownership import ensure_internal_topics
+    from streams.topics import Topics, ensure_topics
+
+    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    ensure_topics(admin, Topics.from_settings(settings))
+    ensure_internal_topics(admin, settings)
+    children = []
+    for i in range(n):
+        cs = child_settings(settings, i)
+        if cs.processor_ready_file:
+            Path(cs.processor_ready_file).unlink(missing_ok=True)
+        children.append((cs, subprocess.Popen([sys.executable, "-m", "processors.worker"], env=child_environment(cs))))
+    log.info("processor supervisor %d: %d workers (pids %s)", os.getpid(), n, ", ".join(str(p.pid) for _, p in children))
+    stopping = {"signal": None}
+
+    def _forward(signum, _frame):
+        stopping["signal"] = signum
+        for _, proc in children:
+            if proc.poll() is None:
+                proc.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, _forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    ready_written = False
+    code = 0
+    try:
+        while True:
+            done = [(cs, p) for cs, p in children if p.poll() is not None]
+            failed = [p for _, p in done if p.returncode != 0]
+            if failed and stopping["signal"] is None:
+                code = _exit_code(failed[0].returncode)
+                log.error("processor supervisor: worker %d exited with %d; stopping the others", failed[0].pid, code)
+                _stop_children(children)
+                break
+            if len(done) == len(children):
+                code = _exit_code(failed[0].returncode) if failed else 0
+                break
+            if not ready_written and settings.processor_ready_file and all(
+                    Path(cs.processor_ready_file).exists() for cs, _ in children):
+                _write_ready(settings.processor_ready_file, {
+                    "pid": os.getpid(), "workers": [json.loads(Path(cs.processor_ready_file).read_text())
+                                                    for cs, _ in children]})
+                ready_written = True
+            time.sleep(poll_s)   # supervising children: poll their exit status
+    finally:
+        _stop_children(children)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return code
+
+
+def _exit_code(returncode: int) -> int:
+    """A child's exit status as a process exit code: killed by signal N -> 128 + N, as a shell reports it."""
+    return returncode if returncode >= 0 else 128 - returncode
+
+
+def _stop_children(children, timeout_s: float = 30.0) -> None:
+    for _, proc in children:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    for _, proc in children:
+        try:
+            proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
 def main() -> None:
     settings = Settings.from_env()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run_worker(settings)
+    sys.exit(run_workers(settings))
 
 
 if __name__ == "__main__":

@@ -87,3 +87,79 @@ def test_configuration_doc_lists_every_variable():
                                                                          "CTLOOP_TEST_CLICKHOUSE_URL",
                                                                          "CTLOOP_TEST_NO_DOCKER"})
     assert not stale, f"docs/CONFIGURATION.md lists variables Settings no longer has: {stale}"
+
+
+ROOT = DOCS.parent
+CODE_DIRS = ("streams", "processors", "trainers", "infra", "bench")
+
+
+def _settings_members_reading(field_name: str) -> list[str]:
+    """Methods/properties of Settings (other than from_env/replace) whose body reads self.<field>."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(Settings))
+    members = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef) and node.name not in ("from_env", "replace"):
+            if any(isinstance(n, ast.Attribute) and n.attr == field_name and isinstance(n.value, ast.Name)
+                   and n.value.id == "self" for n in ast.walk(node)):
+                members.append(node.name)
+    return members
+
+
+def test_every_setting_is_read_by_code_outside_the_settings_module():
+    """A documented setting that nothing reads does nothing (CTLOOP_PROCESSOR_WORKERS once was one).
+    Read = ``.field`` / ``field=`` / ``"field"`` in code outside infra/settings.py, directly or through a
+    Settings method or property that reads it (producer_config, resolved_artifact_store...)."""
+    sources = [p.read_text() for d in CODE_DIRS for p in (ROOT / d).rglob("*.py")
+               if p.resolve() != (ROOT / "infra" / "settings.py").resolve()]
+
+    def read(name: str) -> bool:
+        pattern = re.compile(r"\.%s\b|\b%s=|[\"']%s[\"']" % (name, name, name))
+        return any(pattern.search(text) for text in sources)
+
+    unread = [f.name for f in dataclasses.fields(Settings)
+              if not read(f.name) and not any(read(m) for m in _settings_members_reading(f.name))]
+    assert not unread, f"settings that no code reads (implement them or remove them and their docs): {unread}"
+
+
+# Settings with a behavioural test: the test sets the field and asserts what it changes.
+BEHAVIOURAL_TESTS = {
+    "processor_workers": "test_processors_liveness.py::test_processor_workers_supervises_workers_in_one_group",
+    "processor_stall_timeout_s": "test_processors_liveness.py::test_a_broker_restart_makes_the_worker_exit_non_zero_within_the_bound",
+    "metrics_port": "test_processors_liveness.py::test_child_settings_split_ports_and_ready_files",
+    "processor_ready_file": "test_processors_liveness.py::test_child_settings_split_ports_and_ready_files",
+    "producer_partitioner": "test_processors_scaling.py::test_partition_for_matches_the_producers_placement",
+    "drift_window_size": "test_processors_scaling.py::test_n_workers_publish_the_same_stats_and_triggers_as_one",
+    "stats_min_interval_s": "test_processors_crash.py::test_sigkill_and_restart_neither_loses_nor_double_counts",
+    "performance_window": "test_processors_triggers.py::test_no_drift_trigger_on_a_stationary_stream_then_one_after_a_mean_shift",
+    "trigger_timeout_s": "test_processors_triggers.py::test_policy_outstanding_cooldown_and_baseline",
+    "feedback_park_ttl_s": "test_processors_join.py::test_feedback_join_end_to_end",
+    "join_sweep_interval_s": "test_processors_join.py::test_feedback_join_end_to_end",
+    "session_timeout_ms": "test_consumer.py::test_a_consumer_that_dies_before_committing_leaves_its_records_to_the_group",
+    "heartbeat_interval_ms": "test_consumer.py::test_a_consumer_that_dies_before_committing_leaves_its_records_to_the_group",
+    "producer_linger_ms": "test_sdk.py::test_back_pressure_blocks_then_continues_with_bounded_memory",
+    "producer_queue_max_messages": "test_sdk.py::test_back_pressure_blocks_then_continues_with_bounded_memory",
+    "producer_block_timeout_s": "test_sdk.py::test_back_pressure_times_out_when_the_broker_is_unreachable",
+    "schema_registry_url": "test_serde.py::test_from_settings_picks_the_framing",
+    "sdk_speedups": "test_speedups.py::test_client_takes_the_c_path_and_falls_back_with_the_same_bytes",
+    "shadow_comparison_every": "test_serving.py::test_steady_stream_through_a_policy_promotion_has_zero_failed_requests",
+    "trainer_run_delay_s": "test_trainers.py::test_killed_trainer_trigger_is_completed_after_restart",
+    "clickhouse_database": "test_clickhouse_sink.py::test_schema_is_idempotent_and_database_name_checked",
+    "trainer_device": "test_compose.py::test_trainer_reserves_a_gpu",
+}
+
+
+def test_behavioural_tests_of_settings_exist_and_set_the_setting():
+    """The list above stays true: each named test exists and sets its field (or CTLOOP_ variable)."""
+    import ast
+
+    assert set(BEHAVIOURAL_TESTS) <= {f.name for f in dataclasses.fields(Settings)}
+    for name, node_id in BEHAVIOURAL_TESTS.items():
+        path, func = node_id.split("::")
+        src = (ROOT / "tests" / path).read_text()
+        body = next((ast.get_source_segment(src, n) for n in ast.parse(src).body
+                     if isinstance(n, ast.FunctionDef) and n.name == func), None)
+        assert body is not None, f"{node_id} (behavioural test of {name}) is gone"
+        assert re.search(r"\b%s=" % name, body) or f"CTLOOP_{name.upper()}" in body, f"{node_id} no longer sets {name}"

@@ -14,18 +14,25 @@ def register(cli: click.Group) -> None:
     @cli.command("process")
     @click.option("--stages", default=None, help="Comma-separated stage modules (default: CTLOOP_PROCESSOR_STAGES, else all).")
     @click.option("--metrics-port", type=int, default=None, help="Prometheus port (default: CTLOOP_METRICS_PORT; 0 picks one).")
+    @click.option("--workers", type=click.IntRange(min=1), default=None,
+                  help="Worker processes in one consumer group (default: CTLOOP_PROCESSOR_WORKERS).")
     @click.pass_obj
-    def process(settings, stages, metrics_port):
-        """Run a stream-processor worker (feedback join, counters, drift, performance, triggers...)
-        until SIGTERM/SIGINT. Serves Prometheus metrics."""
-        from processors.worker import run_worker
+    def process(settings, stages, metrics_port, workers):
+        """Run stream-processor workers (feedback join, counters, drift, performance, triggers...)
+        until SIGTERM/SIGINT: CTLOOP_PROCESSOR_WORKERS of them, supervised (a worker that exits non-zero
+        stops the set with its exit code). Each serves Prometheus metrics and /healthz."""
+        from processors.worker import run_workers
 
         require_bootstrap(settings)
         if stages is not None:
             settings = settings.replace(processor_stages=stages)
         if metrics_port is not None:
             settings = settings.replace(metrics_port=metrics_port)
-        run_worker(settings)
+        if workers is not None:
+            settings = settings.replace(processor_workers=workers)
+        code = run_workers(settings)
+        if code:
+            raise SystemExit(code)
 
     @cli.command("trigger")
     @click.argument("deployment")

@@ -1,0 +1,132 @@
+"""Liveness and supervision of processor workers.
+
+* A broker restart (the embedded broker keeps data in memory: the new one is empty) makes a worker
+  exit with code 75 within processor_stall_timeout_s (+ one probe), instead of staying alive and
+  stuck; /healthz and ctloop_processor_last_progress_seconds report it meanwhile.
+* ``CTLOOP_PROCESSOR_WORKERS=2``: ``python -m processors.worker`` supervises two workers in one
+  group (partitions split between them); a worker that dies stops the set with a non-zero exit.
+"""
+from __future__ import annotations
+
+import json
+import signal
+import urllib.error
+import urllib.request
+
+import pytest
+
+from infra.embedded import EmbeddedBroker, free_port
+from infra.metrics import Metrics
+from processors.liveness import EXIT_BROKER_LOST, BrokerWatch
+from processors.worker import child_settings
+from tests.helpers.processes import running_processors, wait_for
+
+
+def _get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def test_watch_is_unhealthy_at_the_first_failed_probe_and_stalls_after_the_timeout():
+    now = {"t": 0.0}
+    answers = iter([None, "broker gone", "broker gone", "broker gone", None])
+    stalls = []
+    m = Metrics("test")
+    w = BrokerWatch(lambda: next(answers), 10.0, stalls.append, metrics=m, clock=lambda: now["t"],
+                    wall=lambda: 1000 + now["t"])
+    assert w.probe() is None and w.health()[0]
+    now["t"] = 4
+    assert w.probe() == "broker gone" and w.health() == (False, {"problem": "broker gone", "last_progress_seconds": 1000,
+                                                                  "stall_timeout_s": 10.0})
+    now["t"] = 9
+    w.probe()
+    assert stalls == []                               # 9 s since the last good probe: not yet
+    now["t"] = 10
+    w.probe()
+    assert stalls == ["broker gone"]                  # at the timeout, once
+    now["t"] = 11
+    assert w.probe() is None and w.health()[0]
+    assert "ctloop_processor_last_progress_seconds 1011.0" in m.exposition()
+    assert "ctloop_processor_healthy 1.0" in m.exposition()
+    with pytest.raises(ValueError, match="processor_stall_timeout_s"):
+        BrokerWatch(lambda: None, -1, stalls.append)
+
+
+def test_healthz_answers_200_or_503_next_to_metrics():
+    m = Metrics("test")
+    m.gauge("ctloop_test_value", "a value").set(3)
+    port = m.serve(0, addr="127.0.0.1")
+    status, body = _get(port, "/healthz")
+    assert status == 200 and json.loads(body)["healthy"] is True
+    m.set_health(lambda: (False, {"problem": "no broker"}))
+    status, body = _get(port, "/healthz")
+    assert status == 503 and json.loads(body) == {"healthy": False, "problem": "no broker"}
+    status, body = _get(port, "/metrics")
+    assert status == 200 and "ctloop_test_value 3.0" in body
+
+
+def test_child_settings_split_ports_and_ready_files():
+    from infra.settings import Settings
+
+    s = Settings(processor_workers=3, metrics_port=9100, processor_ready_file="/tmp/r")
+    assert [(c.processor_workers, c.metrics_port, c.processor_ready_file) for c in
+            (child_settings(s, i) for i in range(3))] == [(1, 9100, "/tmp/r.0"), (1, 9101, "/tmp/r.1"), (1, 9102, "/tmp/r.2")]
+    assert child_settings(s.replace(metrics_port=0), 2).metrics_port == 0
+
+
+def test_a_broker_restart_makes_the_worker_exit_non_zero_within_the_bound(settings, tmp_path):
+    port = free_port()
+    broker = EmbeddedBroker(port=port).start()
+    try:
+        s = settings.replace(bootstrap_servers=broker.bootstrap_servers, processor_stall_timeout_s=3.0)
+        with running_processors(s, stages=["processors.feedback_join"], timeout_s=60) as proc:
+            metrics_port = proc.ready["metrics_port"]
+            assert _get(metrics_port, "/healthz")[0] == 200
+            assert "ctloop_processor_last_progress_seconds" in _get(metrics_port, "/metrics")[1]
+            broker.stop()
+            broker = EmbeddedBroker(port=port).start()        # same address, empty
+            # the bound: stall timeout + one probe interval (0.75 s) + a probe's own timeout (3 s) + slack
+            wait_for(lambda: proc.poll() is not None, 3.0 + 0.75 + 3.0 + 10.0, "the worker's exit")
+            assert proc.returncode == EXIT_BROKER_LOST
+            log = proc.log_path.read_text()
+            assert "no usable broker" in log and "topics missing" in log
+    finally:
+        broker.stop()
+
+
+def test_processor_workers_supervises_workers_in_one_group(settings, topics):
+    s = settings.replace(processor_workers=2)
+    with running_processors(s, stages=["processors.feedback_join"], timeout_s=90) as proc:
+        workers = proc.ready["workers"]
+        assert len({w["pid"] for w in workers}) == 2
+        # one group: once it has settled, the workers own disjoint halves of the predictions partitions
+        def split():
+            owned = [{a for a in json.loads(_get(w["metrics_port"], "/healthz")[1])["assigned"]
+                      if a.startswith(topics.predictions + "[")} for w in workers]
+            return (all(owned) and not owned[0] & owned[1] and len(owned[0] | owned[1]) == 4) and owned
+        owned = wait_for(split, 40, "the partitions split between the two workers")
+        assert sorted(len(o) for o in owned) == [2, 2]
+        import os
+
+        os.kill(workers[0]["pid"], signal.SIGKILL)             # one worker dies
+        wait_for(lambda: proc.poll() is not None, 40, "the supervisor's exit")
+        assert proc.returncode == 128 + signal.SIGKILL
+        wait_for(lambda: _gone(workers[1]["pid"]), 40, "the other worker stopped")
+
+
+def _gone(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    try:   # a zombie of the exited supervisor's child counts as gone
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1].startswith("Z")
+    except OSError:
+        return True
+    return False
