@@ -238,7 +238,8 @@ def probe_end_offsets(consumer: Consumer, topic: str, partitions: list[int], tim
 def read_to_end(settings, topic: str, *, serde: Serde | None = None, timeout_s: float = 15.0,
                 start: str = "beginning") -> list[Event]:
     """Read every decodable event of ``topic`` from the beginning to its current end offsets,
-    without a consumer group (no commits). Used to fold state (settings, registry) on start-up."""
+    without a consumer group (no commits). Used to fold state (settings, registry) on start-up.
+    Events come in log order: by partition, then offset (a single-partition topic: its exact order)."""
     from confluent_kafka import OFFSET_BEGINNING
 
     serde = serde or Serde.from_settings(settings)
@@ -271,7 +272,7 @@ def read_to_end(settings, topic: str, *, serde: Serde | None = None, timeout_s: 
                 except DecodeError:
                     continue
                 events.append(Event(d.event_type, d.value, topic, p, msg.offset(), msg.key(), msg.timestamp()[1]))
-        events.sort(key=lambda e: (e.timestamp_ms, e.partition, e.offset))
+        events.sort(key=lambda e: (e.partition, e.offset))  # log order; producer clocks never order events
         return events
     finally:
         consumer.close()

@@ -88,7 +88,6 @@ class Deployment:
         self.device = device
         self.registry = ModelRegistry()
         self.config: dict | None = None
-        self._pending: list[Event] = []          # updates naming a version not registered yet
         self._predictors: dict[str, object] = {}  # version -> Predictor (loaded ones)
         self._served: _Served | None = None
         self._swap_lock = threading.Lock()
@@ -104,7 +103,7 @@ class Deployment:
         self._stop = threading.Event()
         self._shadow_thread: threading.Thread | None = None
         self._follower: TopicFollower | None = None
-        self._initial: list[Event] | None = None  # events read before catching up, folded in time order
+        self._initial: list[Event] | None = None  # events read before catching up, folded once caught up
         self._metrics(metrics)
 
     def _metrics(self, metrics) -> None:
@@ -204,7 +203,7 @@ class Deployment:
         if value.get("deployment") != self.deployment:
             return
         if self._initial is not None and not self._follower.caught_up.is_set():
-            self._initial.append(event)  # folded in time order once caught up
+            self._initial.append(event)  # folded in log order once caught up
             return
         self._apply(event)
 
@@ -213,27 +212,22 @@ class Deployment:
             if self.config is None or event.value["revision"] >= self.config["revision"]:
                 self.config = event.value
             return
-        value = event.value
-        needed = {ev.MODEL_PROMOTED: value.get("model_version"), ev.MODEL_ROLLED_BACK: value.get("to_version")}
-        version = needed.get(event.event_type)
-        if version is not None and self.registry.get(self.deployment, version) is None:
-            self._pending.append(event)  # the registration is further on in model-lifecycle
-            return
-        self.registry.apply(event.event_type, value)
-        if event.event_type == ev.MODEL_REGISTERED and self._pending:
-            pending, self._pending = self._pending, []
-            for e in pending:
-                self._apply(e)
+        # the registry's causal fold: an update naming a version not registered yet is held (with every
+        # later update) until its registration is read; preconditions are checked as it is folded
+        self.registry.offer(event.event_type, event.value)
 
     def _reconcile(self) -> None:
         if self._initial is not None:
+            # events read before catching up, each topic in its log order (the follower delivers each
+            # partition in offset order); no clock decides anything: the registry holds an update
+            # until the registration it names is folded
             initial, self._initial = self._initial, None
-            lifecycle = [e for e in initial if e.topic == self.topics.model_lifecycle]
-            rest = [e for e in initial if e.topic != self.topics.model_lifecycle]
-            for e in lifecycle:
-                self._apply(e)
-            for e in sorted(rest, key=lambda e: (e.timestamp_ms, e.offset)):
-                self._apply(e)
+            for e in initial:
+                if e.topic == self.topics.model_lifecycle:
+                    self._apply(e)
+            for e in initial:
+                if e.topic != self.topics.model_lifecycle:
+                    self._apply(e)
         champion = self.registry.champion(self.deployment)
         if champion is None:
             return

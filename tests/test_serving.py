@@ -190,3 +190,117 @@ def test_status_promote_and_rollback_commands(settings, topics):
     updates = read_to_end(settings, topics.model_updates)
     assert [e.event_type for e in updates] == [ev.MODEL_PROMOTED, ev.MODEL_ROLLED_BACK]
     assert all(e.value["decided_by"] == "manual" for e in updates)
+
+
+def _produce(settings, topic, event_type, record, *, timestamp_ms=None):
+    """One event with an explicit producer timestamp (a skewed clock), flushed."""
+    from confluent_kafka import Producer
+
+    from streams.serde import Serde
+
+    producer = Producer({"bootstrap.servers": settings.bootstrap_servers})
+    kwargs = {"timestamp": timestamp_ms} if timestamp_ms is not None else {}
+    producer.produce(topic, Serde.from_settings(settings).encode(event_type, record, topic), record["deployment"],
+                     **kwargs)
+    assert producer.flush(10) == 0
+
+
+def test_a_registration_from_a_clock_ten_minutes_ahead_is_served_and_reported(settings, topics):
+    """Issue 11: a trainer whose clock runs 10 min ahead registers v2; a correct clock promotes v2 5 s
+    later. Registry, serving app and `ctloop status` all follow the log: v2 is the champion."""
+    from infra.cli import cli
+    from trainers.registry import ModelRegistry
+
+    dep = "toy"
+    now = int(time.time() * 1000)
+    register_model(settings, dep, "v1", +1, alias="champion")
+    with Deployment(settings, dep) as live:
+        live.start(timeout_s=20)
+        config = model_config(["x", "y"], ["a", "b"])
+        module = build_model(FACTORY, config)
+        with torch.no_grad():
+            module.core.weight.copy_(torch.tensor([[-5.0, 0.0], [5.0, 0.0]]))
+            module.core.bias.zero_()
+        uri, sha = ArtifactStore(settings.resolved_artifact_store).save(dep, "v2", module.state_dict())
+        _produce(settings, topics.model_lifecycle, ev.MODEL_REGISTERED, new_event(
+            ev.MODEL_REGISTERED, deployment=dep, model_name="toy", model_version="v2", alias="challenger",
+            metrics={}, artifact_uri=uri, artifact_sha256=sha, model_factory=FACTORY, model_config=config,
+            event_time=now + 600_000), timestamp_ms=now + 600_000)
+        _produce(settings, topics.model_updates, ev.MODEL_PROMOTED, new_event(
+            ev.MODEL_PROMOTED, deployment=dep, model_version="v2", previous_version="v1", decided_by="manual",
+            reason="better", event_time=now + 5_000), timestamp_ms=now + 5_000)
+        live.wait_for(lambda s: s.primary_version == "v2", timeout_s=15)
+    assert ModelRegistry.load(settings).champion(dep).version == "v2"
+    with Deployment(settings, dep) as fresh:   # folds the whole log at start-up
+        fresh.start(timeout_s=20)
+        assert fresh.primary_version == "v2" and fresh.registry.refusals == []
+    status = CliRunner().invoke(cli, ["status", dep], env=settings_env(settings, base={}))
+    assert status.exit_code == 0 and "champion     v2" in status.output, status.output
+
+
+def test_racing_decisions_registry_and_serving_agree_and_the_stale_rollback_is_refused(settings, topics):
+    """Issue 11 (a): the policy promotes v2; an operator promotes v3; then a rollback v2 -> v1 that the
+    policy decided on its older view arrives. Champion v3 everywhere; the rollback is refused, visibly."""
+    from infra.cli import cli
+    from trainers.registry import ModelRegistry
+
+    dep = "toy"
+    register_model(settings, dep, "v1", +1, alias="champion")
+    register_model(settings, dep, "v2", -1)
+    register_model(settings, dep, "v3", +1)
+    with Deployment(settings, dep) as live, EventProducer(settings) as producer:
+        live.start(timeout_s=20)
+        for event_type, record in [
+                (ev.MODEL_PROMOTED, new_event(ev.MODEL_PROMOTED, deployment=dep, model_version="v2", previous_version="v1",
+                                              decided_by="policy", reason="better", expected_champion="v1",
+                                              expected_state="challenger", shadow_revision=1)),
+                (ev.MODEL_PROMOTED, new_event(ev.MODEL_PROMOTED, deployment=dep, model_version="v3", previous_version="v2",
+                                              decided_by="manual", reason="hotfix", expected_champion="v2",
+                                              expected_state="challenger")),
+                (ev.MODEL_ROLLED_BACK, new_event(ev.MODEL_ROLLED_BACK, deployment=dep, from_version="v2", to_version="v1",
+                                                 decided_by="policy", reason="worse live", expected_champion="v2",
+                                                 expected_state="archived"))]:
+            producer.produce(topics.model_updates, event_type, record, key=dep)
+            producer.flush()
+        wait_for(lambda: len(live.registry.refusals) == 1 and live.primary_version == "v3", 15,
+                 "the stale rollback folded (refused) and v3 served")
+        registry = ModelRegistry.load(settings)
+        assert registry.champion(dep).version == live.registry.champion(dep).version == "v3"
+        assert registry.get(dep, "v3").alias == "champion"
+        assert [r.reason for r in registry.refusals] == [r.reason for r in live.registry.refusals]
+        assert "expected champion v2, but the champion is v3" in registry.refusals[0].reason
+    status = CliRunner().invoke(cli, ["status", dep, "--json"], env=settings_env(settings, base={}))
+    import json
+
+    report = json.loads(status.output)
+    assert report["champion"] == "v3" and report["refused_decisions"][0]["event"] == ev.MODEL_ROLLED_BACK
+    assert "REFUSED rolled back v2 -> v1" in report["recent_decisions"][-1]["decision"]
+
+
+def test_promoting_a_rejected_or_unservable_version_needs_force(settings, topics):
+    """Issue 11 (b): `ctloop promote` of a version the policy rejected exits non-zero and says why;
+    with --force it is promoted and recorded as forced. An unservable version likewise."""
+    from infra.cli import cli
+
+    dep = "toy"
+    register_model(settings, dep, "v1", +1, alias="champion")
+    register_model(settings, dep, "v2", -1)
+    register_model(settings, dep, "v3", -1, tamper=True)
+    with EventProducer(settings) as producer:
+        producer.produce(topics.model_updates, ev.CANDIDATE_REJECTED, new_event(
+            ev.CANDIDATE_REJECTED, deployment=dep, model_version="v2", stage="shadow", reasons=["worse in shadow"],
+            expected_champion="v1", expected_state="challenger"), key=dep)
+    runner, env = CliRunner(), settings_env(settings, base={})
+    refused = runner.invoke(cli, ["promote", dep, "v2"], env=env)
+    assert refused.exit_code == 2 and "v2 was rejected" in refused.output and "--force" in refused.output
+    unservable = runner.invoke(cli, ["promote", dep, "v3"], env=env)
+    assert unservable.exit_code == 2 and "v3 is unservable" in unservable.output, unservable.output
+    assert [e.event_type for e in read_to_end(settings, topics.model_updates)] == [ev.CANDIDATE_REJECTED]
+    with Deployment(settings, dep) as serving:
+        serving.start(timeout_s=20)
+        forced = runner.invoke(cli, ["promote", dep, "v2", "--force", "--reason", "operator knows better"], env=env)
+        assert forced.exit_code == 0 and "[forced]" in forced.output, forced.output
+        serving.wait_for(lambda s: s.primary_version == "v2", timeout_s=15)
+    promoted = read_to_end(settings, topics.model_updates)[-1].value
+    assert promoted["forced"] and promoted["decided_by"] == "manual" and "v2 was rejected" in promoted["evidence"]["forced"]
+    assert (promoted["expected_champion"], promoted["expected_state"]) == ("v1", "rejected")

@@ -384,3 +384,36 @@ def test_tampered_artifact_is_refused(settings, topics):
     assert TrainingPipeline(settings).run(trigger).status == "failed"
     failed = of_type(read_to_end(settings, topics.model_lifecycle), ev.TRAINING_RUN_FAILED, trigger_id=trigger["trigger_id"])
     assert failed[0]["error_type"] == "champion_artifact_invalid"
+
+
+def test_a_challenger_registered_before_a_crash_is_put_in_shadow_on_redelivery(settings, topics):
+    """Issue 11: a trainer SIGKILLed after ModelRegistered but before DeploymentConfigured "auto_shadow".
+    The redelivered trigger is done (decided) but the log shows the missing step: the restarted trainer
+    sets the challenger as shadow, once; a shadow an operator chose since is never overwritten."""
+    dep = "crashy"
+    settings_client = DeploymentSettingsClient(settings)
+    settings_client.setup_feedback_loop(dep)
+    trigger = make_trigger(topics, dep, [{"partition": 0, "start_offset": 0, "end_offset": 0}])
+    run_id = str(uuid.uuid4())
+
+    def dead_trainer_events(version: str, trig: dict, run: str) -> list:
+        return [(ev.TRAINING_RUN_STARTED, new_event(ev.TRAINING_RUN_STARTED, deployment=dep, run_id=run,
+                                                    trigger_id=trig["trigger_id"], trainer_id="dead", device="cpu")),
+                (ev.MODEL_REGISTERED, new_event(ev.MODEL_REGISTERED, deployment=dep, model_name="m", model_version=version,
+                                                run_id=run, trigger_id=trig["trigger_id"], alias="challenger",
+                                                metrics={}, artifact_uri="file:///x.pt", artifact_sha256="0" * 64))]
+
+    publish(settings, topics.model_lifecycle, dead_trainer_events("v2-crash", trigger, run_id), "deployment")
+    assert settings_client.current(dep)["shadow_model_version"] is None
+    with TrainingPipeline(settings) as pipeline:
+        outcome = pipeline.run(trigger)                                   # the redelivery
+        assert (outcome.status, outcome.version) == ("resumed", "v2-crash")
+        current = DeploymentSettingsClient(settings).current(dep)
+        assert current["shadow_model_version"] == "v2-crash" and current["change"] == "auto_shadow"
+        assert pipeline.run(trigger).status == "skipped"                  # idempotent: nothing missing now
+        DeploymentSettingsClient(settings).set_shadow_model(dep, "v7-operator")
+        assert pipeline.run(trigger).status == "skipped"                  # set once already: not put back
+    assert DeploymentSettingsClient(settings).current(dep)["shadow_model_version"] == "v7-operator"
+    started = of_type(read_to_end(settings, topics.model_lifecycle), ev.TRAINING_RUN_STARTED,
+                      trigger_id=trigger["trigger_id"])
+    assert [s["trainer_id"] for s in started] == ["dead"]                # resumed, never retrained

@@ -147,10 +147,36 @@ def test_dataset_errors_name_the_cause():
     assert e.value.error_type == "nan_values" and "'y'" in e.value.reason
 
 
-def test_recent_window_marks_historical_rows():
+def test_historical_rows_come_from_log_offsets_not_event_times():
     ex = _examples(100)
-    d = build_dataset(ex, recent_window_s=0.050)     # newest at +99 ms: rows older than 49 ms are historical
-    assert d.historical.sum() == 49
+    positions = {e["prediction_id"]: (i % 2, i // 2) for i, e in enumerate(ex)}   # 2 partitions, 50 each
+    ex[7] = dict(ex[7], prediction_time=ex[7]["prediction_time"] * 1000)           # a skewed clock changes nothing
+    d = build_dataset(ex, positions=positions, seen_until={0: 20, 1: 30})       # the champion saw 20 + 30 rows
+    assert d.historical.sum() == 50
+    assert set(d.ids[d.historical]) == {e["prediction_id"] for i, e in enumerate(ex) if i // 2 < (20, 30)[i % 2]}
+    assert not build_dataset(ex, positions=positions).historical.any()           # no champion snapshot: all recent
+
+
+def test_one_example_with_a_microsecond_event_time_does_not_decide_the_gate():
+    """Issue 11: 300 labeled examples of the last two hours plus one whose event_time was written in
+    microseconds. Recency comes from the log, so the recent holdout is the whole holdout and a candidate
+    far better than the champion is accepted."""
+    rng = np.random.default_rng(3)
+    now_ms = 1_764_000_000_000
+    ex = [{"prediction_id": f"p{i}", "label": "ab"[i % 2], "features": {"x": float(i % 2)},
+           "prediction_time": now_ms - int(rng.integers(0, 2 * 3600 * 1000))} for i in range(300)]
+    ex.append({"prediction_id": "p300", "label": "a", "features": {"x": 0.0}, "prediction_time": now_ms * 1000})
+    d = build_dataset(ex, positions={e["prediction_id"]: (0, i) for i, e in enumerate(ex)}, seen_until={})
+    holdout = d.subset(d.holdout_mask())
+    assert not holdout.historical.any() and len(holdout) > 30
+    y = holdout.y.tolist()
+    flip = {"a": "b", "b": "a"}
+    candidate = [flip[t] if i % 60 == 59 else t for i, t in enumerate(y)]   # ~0.98 accuracy
+    champion = [flip[t] if i % 10 < 3 else t for i, t in enumerate(y)]     # ~0.70 accuracy
+    decision = evaluate_gate(POLICY, y, candidate, champion, historical=holdout.historical)
+    assert decision.candidate_metrics["accuracy"] > 0.95 and decision.champion_metrics["accuracy"] < 0.75
+    assert decision.passed, decision.reasons
+    assert decision.candidate_metrics["recent_accuracy"] == decision.candidate_metrics["accuracy"]
 
 
 # -- training and artifacts ------------------------------------------------------------------------

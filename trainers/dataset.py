@@ -5,6 +5,12 @@ The snapshot is read exactly: each partition from ``start_offset`` up to (exclud
 by assigning partitions (no consumer group). Of several examples of one prediction the one at the
 highest offset wins (corrections replace labels; prediction ids are keys, so all examples of one
 prediction are in one partition).
+
+Which rows are *historical* (for the gate's forgetting check) and which *recent* comes from the log, never
+from a client's clock: base-dataset rows and stream examples at offsets below the champion's own snapshot
+end offsets (the examples the champion was trained on or held out from) are historical; examples that
+arrived in the log after the champion's snapshot are recent. A single row with a wrong event_time (e.g.
+written in microseconds) therefore changes nothing.
 """
 from __future__ import annotations
 
@@ -42,8 +48,8 @@ class Dataset:
     x: np.ndarray              # float64 [n, d]
     y: np.ndarray              # str labels (object)
     feature_names: list[str]
-    times: np.ndarray          # int64 prediction time in ms (0 for base-dataset rows)
-    historical: np.ndarray     # bool: base-dataset rows and rows older than the recent window
+    times: np.ndarray          # int64 prediction time in ms, the client's clock (0 for base-dataset rows); informational
+    historical: np.ndarray     # bool: base-dataset rows and examples in the log before the champion's snapshot end
     lineage: dict
 
     def __len__(self) -> int:
@@ -83,8 +89,9 @@ def content_hash(ids: np.ndarray, x: np.ndarray, y: np.ndarray, feature_names: S
 
 # -- reading --------------------------------------------------------------------------------------
 def read_snapshot(settings, topic: str, partitions: Sequence[dict], deployment: str, *, serde: Serde | None = None,
-                  timeout_s: float = 120.0) -> dict[str, dict]:
-    """LabeledExamples of ``deployment`` in the offset ranges, latest per prediction id."""
+                  timeout_s: float = 120.0, positions: dict | None = None) -> dict[str, dict]:
+    """LabeledExamples of ``deployment`` in the offset ranges, latest per prediction id. When
+    ``positions`` is a dict it receives ``prediction_id -> (partition, offset)`` of each kept example."""
     from confluent_kafka import Consumer, TopicPartition
 
     serde = serde or Serde.from_settings(settings)
@@ -122,6 +129,8 @@ def read_snapshot(settings, topic: str, partitions: Sequence[dict], deployment: 
                 if d.event_type != ev.LABELED_EXAMPLE or d.value.get("deployment") != deployment:
                     continue
                 examples[d.value["prediction_id"]] = d.value   # later offset wins (same partition per id)
+                if positions is not None:
+                    positions[d.value["prediction_id"]] = (p, offset)
     finally:
         consumer.close()
     return examples
@@ -149,14 +158,21 @@ def read_base_dataset(uri: str):
 
 # -- assembling ----------------------------------------------------------------------------------
 def build_dataset(examples: dict[str, dict] | Sequence[dict], *, base_frame=None, base_uri: str | None = None,
-                  lineage_topic: str = "", partitions: Sequence[dict] = (), recent_window_s: float = 86400.0,
-                  min_examples: int = 1) -> Dataset:
+                  lineage_topic: str = "", partitions: Sequence[dict] = (), positions: dict | None = None,
+                  seen_until: dict[int, int] | None = None, min_examples: int = 1) -> Dataset:
     """Assemble and check a dataset. Raises DatasetError (too_few_examples, nan_values, single_class,
-    invalid_dataset)."""
+    invalid_dataset).
+
+    ``positions``: prediction_id -> (partition, offset) of the stream examples (from :func:`read_snapshot`);
+    ``seen_until``: partition -> end offset of the champion's snapshot of the same topic. A stream example
+    at an offset below it is historical, every other stream example recent (no positions or no champion
+    snapshot: all recent); base-dataset rows are historical."""
     rows = list(examples.values()) if isinstance(examples, dict) else list(examples)
     ids = [r["prediction_id"] for r in rows]
     labels = [str(r["label"]) for r in rows]
     times = [int(r.get("prediction_time") or r.get("event_time") or 0) for r in rows]
+    positions, seen_until = positions or {}, seen_until or {}
+    known = [_seen(positions.get(pid), seen_until) for pid in ids]
     names: set[str] = set()
     for r in rows:
         names.update(r["features"])
@@ -179,6 +195,7 @@ def build_dataset(examples: dict[str, dict] | Sequence[dict], *, base_frame=None
     all_ids = list(ids)
     all_labels = list(labels)
     all_times = list(times)
+    all_known = list(known)
     if n_base:
         for c in base_cols:
             x[n_stream:, col[c]] = base_frame[c].to_numpy(dtype=float, na_value=np.nan)
@@ -189,6 +206,7 @@ def build_dataset(examples: dict[str, dict] | Sequence[dict], *, base_frame=None
         all_ids += base_ids
         all_labels += [str(v) for v in base_frame["label"].tolist()]
         all_times += [0] * n_base
+        all_known += [True] * n_base
     ids_arr = np.asarray(all_ids, dtype=object)
     # stream examples replace base rows of the same prediction id
     if n_base:
@@ -201,21 +219,41 @@ def build_dataset(examples: dict[str, dict] | Sequence[dict], *, base_frame=None
         ids_arr, x = ids_arr[keep], x[keep]
         all_labels = [l for l, k in zip(all_labels, keep) if k]
         all_times = [t for t, k in zip(all_times, keep) if k]
+        all_known = [h for h, k in zip(all_known, keep) if k]
     return dataset_from_arrays(ids_arr.astype(str), x, np.asarray(all_labels, dtype=object),
                                np.asarray(all_times, dtype=np.int64), feature_names, lineage_topic=lineage_topic,
-                               partitions=partitions, base_uri=base_uri, recent_window_s=recent_window_s,
+                               partitions=partitions, base_uri=base_uri, historical=np.asarray(all_known, dtype=bool),
                                min_examples=min_examples, has_base=bool(n_base))
+
+
+def _seen(position: tuple[int, int] | None, seen_until: dict[int, int]) -> bool:
+    """Whether a stream example lies before the champion's snapshot end in its partition."""
+    if position is None:
+        return False
+    partition, offset = position
+    end = seen_until.get(int(partition))
+    return end is not None and offset < end
+
+
+def champion_snapshot_ends(lineage: dict | None, topic: str) -> dict[int, int]:
+    """partition -> end offset of a champion's training snapshot of ``topic`` (empty: none known)."""
+    if not lineage or lineage.get("topic") != topic:
+        return {}
+    return {int(p["partition"]): int(p["end_offset"]) for p in lineage.get("partitions") or ()}
 
 
 def dataset_from_arrays(ids: np.ndarray, x: np.ndarray, y: np.ndarray, times: np.ndarray, feature_names: Sequence[str], *,
                         lineage_topic: str = "", partitions: Sequence[dict] = (), base_uri: str | None = None,
-                        recent_window_s: float = 86400.0, min_examples: int = 1, has_base: bool = False) -> Dataset:
+                        historical: np.ndarray | None = None, min_examples: int = 1, has_base: bool = False) -> Dataset:
     """Sort by id, check, mark historical rows, split and hash: the vectorised part of compilation
-    (also used directly by benchmarks). ``times`` 0 marks base-dataset rows."""
+    (also used directly by benchmarks). ``times`` 0 marks base-dataset rows; ``historical`` (aligned with
+    ``ids``; default: the base-dataset rows) marks the rows the gate's forgetting check uses."""
     order = np.argsort(ids, kind="stable")
     ids_arr, x = ids[order], np.asarray(x, dtype=np.float64)[order]
     y = np.asarray([str(v) for v in y], dtype=object)[order]
     t = np.asarray(times, dtype=np.int64)[order]
+    hist = (np.asarray(times, dtype=np.int64) == 0) if historical is None else np.asarray(historical, dtype=bool)
+    hist = hist[order]
     feature_names = list(feature_names)
     unrepresentable = unrepresentable_rows(x)  # defence in depth: the edge refuses these (streams/validation.py)
     if unrepresentable.any():
@@ -223,7 +261,7 @@ def dataset_from_arrays(ids: np.ndarray, x: np.ndarray, y: np.ndarray, times: np
                     "or infinite): one such row would make the trained model all-NaN", int(unrepresentable.sum()),
                     len(ids_arr))
         keep = ~unrepresentable
-        ids_arr, x, y, t = ids_arr[keep], x[keep], y[keep], t[keep]
+        ids_arr, x, y, t, hist = ids_arr[keep], x[keep], y[keep], t[keep], hist[keep]
 
     n = len(ids_arr)
     if n < max(min_examples, 2):
@@ -240,8 +278,7 @@ def dataset_from_arrays(ids: np.ndarray, x: np.ndarray, y: np.ndarray, times: np
     if len(classes) < 2:
         raise DatasetError(f"all {n} examples have the label {classes[0]!r}: a classifier needs at least two classes",
                            "single_class")
-    newest = int(t.max()) if n else 0
-    historical = (t == 0) | (t < newest - int(recent_window_s * 1000))
+    historical = hist | (t == 0)
     id_list = [str(i) for i in ids_arr.tolist()]
     holdout = split_mask(id_list)
     lineage = {
@@ -258,12 +295,15 @@ def dataset_from_arrays(ids: np.ndarray, x: np.ndarray, y: np.ndarray, times: np
 
 
 def compile_dataset(settings, trigger: dict, deployment_settings: dict, *, serde: Serde | None = None,
-                    timeout_s: float = 120.0) -> Dataset:
-    """The training set of a TrainingTriggered event."""
+                    timeout_s: float = 120.0, champion_lineage: dict | None = None) -> Dataset:
+    """The training set of a TrainingTriggered event; ``champion_lineage`` (the champion's training
+    lineage) separates recent from historical examples by log offsets."""
+    positions: dict = {}
     examples = read_snapshot(settings, trigger["snapshot_topic"], trigger["snapshot"], trigger["deployment"],
-                             serde=serde, timeout_s=timeout_s)
+                             serde=serde, timeout_s=timeout_s, positions=positions)
     base_uri = deployment_settings.get("dataset_version")
     frame = read_base_dataset(base_uri) if base_uri else None
     return build_dataset(examples, base_frame=frame, base_uri=base_uri, lineage_topic=trigger["snapshot_topic"],
-                         partitions=trigger["snapshot"], recent_window_s=settings.trainer_recent_window_s,
+                         partitions=trigger["snapshot"], positions=positions,
+                         seen_until=champion_snapshot_ends(champion_lineage, trigger["snapshot_topic"]),
                          min_examples=int(deployment_settings.get("min_training_examples") or 0))

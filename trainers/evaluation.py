@@ -12,7 +12,8 @@ Checks:
   ``segment_tolerance``. F1 rather than recall: a champion that a drift has made predict one class for
   almost everything has a high recall on that class, and a recall check would then refuse every
   candidate that recovers the other classes;
-* **forgetting**: on historical holdout rows (base dataset and examples older than the recent window)
+* **forgetting**: on historical holdout rows (base dataset and examples the champion's snapshot already
+  held: log offsets, see trainers/dataset.py)
   accuracy no worse than the champion by more than ``forgetting_tolerance``: old concepts may fade
   a little under drift, but not collapse;
 * **regression set** (when attached): accuracy no worse than the champion by more than ``holdout_tolerance``.

@@ -67,7 +67,7 @@ class ConfigurationError(ValueError):
 
 @dataclass
 class RunOutcome:
-    status: str                 # registered, rejected, failed, skipped, superseded
+    status: str                 # registered, rejected, failed, skipped, superseded, resumed
     run_id: str | None = None
     version: str | None = None
     reasons: tuple[str, ...] = ()
@@ -136,6 +136,9 @@ class TrainingPipeline:
         dep, trigger_id = trigger["deployment"], trigger["trigger_id"]
         registry = ModelRegistry.load(self.settings, serde=self.serde)
         if registry.is_trigger_done(trigger_id):
+            resumed = self.resume(trigger, registry)
+            if resumed is not None:
+                return resumed
             log.info("trigger %s of %s already trained; skipped", trigger_id, dep)
             return RunOutcome("skipped")
         run_id = str(uuid.uuid4())
@@ -161,13 +164,14 @@ class TrainingPipeline:
     def _train_and_decide(self, trigger: dict, run_id: str, registry: ModelRegistry, started: float) -> RunOutcome:
         dep = trigger["deployment"]
         dep_settings = self.deployments.current(dep)
+        champion_mv = registry.champion(dep)
         compile_started = time.monotonic()
-        dataset = compile_dataset(self.settings, trigger, dep_settings, serde=self.serde)
+        dataset = compile_dataset(self.settings, trigger, dep_settings, serde=self.serde,
+                                  champion_lineage=champion_mv.lineage if champion_mv else None)
         compile_seconds = time.monotonic() - compile_started
         holdout_mask = dataset.holdout_mask()
         train, holdout = dataset.subset(~holdout_mask), dataset.subset(holdout_mask)
 
-        champion_mv = registry.champion(dep)
         champion = load_predictor(champion_mv, self.store) if champion_mv is not None else None
         factory = dep_settings.get("model_factory") or DEFAULT_FACTORY
         try:
@@ -238,6 +242,34 @@ class TrainingPipeline:
             self._throughput.labels(dep).set(result.samples_per_second)
         self._count(dep, "registered", started)
         return RunOutcome("registered", run_id, version)
+
+    def resume(self, trigger: dict, registry: ModelRegistry) -> RunOutcome | None:
+        """Finish the steps a crashed run left undone, from what the log shows is missing: a registered,
+        undecided challenger of this trigger that was never set as shadow is set as shadow now
+        (DeploymentConfigured "auto_shadow"). Returns the outcome, or None when nothing was missing.
+
+        "Never set as shadow": no DeploymentConfigured on the deployments topic names it as
+        ``shadow_model_version`` (so a shadow an operator replaced since is not put back). The topic is
+        compacted: once compaction has dropped the revision that set it, a challenger that is still
+        undecided and not the shadow is set again (the policy then judges it; nothing is lost)."""
+        from streams.consumer import read_to_end
+
+        pending = [mv for mv in registry.challengers_of_trigger(trigger["trigger_id"])
+                   if mv.deployment == trigger["deployment"]]
+        if not pending:
+            return None
+        dep = trigger["deployment"]
+        ever_shadow = {e.value.get("shadow_model_version")
+                       for e in read_to_end(self.settings, self.topics.deployments, serde=self.serde)
+                       if e.value.get("deployment") == dep}
+        for mv in pending:
+            if mv.version in ever_shadow:
+                continue
+            log.warning("trigger %s of %s: challenger %s was registered but never set as shadow (a run died "
+                        "between the two); setting it now", trigger["trigger_id"], dep, mv.version)
+            self.deployments.configure(dep, "auto_shadow", shadow_model_version=mv.version)
+            return RunOutcome("resumed", mv.run_id, mv.version)
+        return None
 
     def _trigger_done(self, trigger_id: str) -> bool:
         """Whether the lifecycle topic (alone: decisions are there) marks the trigger done."""
