@@ -304,3 +304,15 @@ def test_promoting_a_rejected_or_unservable_version_needs_force(settings, topics
     promoted = read_to_end(settings, topics.model_updates)[-1].value
     assert promoted["forced"] and promoted["decided_by"] == "manual" and "v2 was rejected" in promoted["evidence"]["forced"]
     assert (promoted["expected_champion"], promoted["expected_state"]) == ("v1", "rejected")
+
+
+def test_status_says_why_the_policy_does_not_decide_the_latest_comparison():
+    from infra.commands.serving import policy_waiting
+
+    config = {"continuous_deployment_enabled": True, "shadow_model_version": "v1", "promotion_min_samples": 100}
+    comparison = {"primary_version": "v2", "shadow_version": "v1", "labeled_samples": 40}
+    assert policy_waiting(config, "v2", comparison) == "waiting for labeled pairs: 40 of 100"
+    assert "not the champion v3" in policy_waiting(config, "v3", comparison)
+    assert "not of the shadow (none)" in policy_waiting(dict(config, shadow_model_version=None), "v2", comparison)
+    assert "off" in policy_waiting(dict(config, continuous_deployment_enabled=False), "v2", comparison)
+    assert policy_waiting(config, "v2", dict(comparison, labeled_samples=100)) is None

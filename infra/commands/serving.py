@@ -69,12 +69,34 @@ def deployment_status(settings: Settings, deployment: str, *, decisions: int = 1
                                               "significance_level", "rollback_margin")},
         "versions": [{"version": m.version, "alias": m.alias} for m in registry.versions(deployment)],
         "live_comparison": comparisons[-1] if comparisons else None,
+        "policy_waiting": policy_waiting(config, champion.version if champion else None,
+                                         comparisons[-1] if comparisons else None),
         "feedback_loop": _feedback_loop(feedback),
         "recent_decisions": recent,
         "refused_decisions": [{"time": r.event_time, "event": r.event_type, "version": r.version,
                                "decided_by": r.decided_by, "reason": r.reason}
                               for r in registry.refusals_of(deployment)][-decisions:],
     }
+
+
+def policy_waiting(config: dict, champion: str | None, comparison: dict | None) -> str | None:
+    """Why the promotion policy does not decide on the latest comparison now (None: it judges it, or
+    there is none). The same conditions as ``processors.promotion`` (before the statistics)."""
+    if comparison is None:
+        return None
+    if not config.get("continuous_deployment_enabled"):
+        return "continuous deployment is off: the policy decides nothing"
+    shadow = config.get("shadow_model_version")
+    if comparison["shadow_version"] != shadow:
+        return (f"the latest comparison is of {comparison['shadow_version']}, not of the shadow "
+                f"({shadow or 'none'}): it is not judged")
+    if champion is not None and comparison["primary_version"] != champion:
+        return (f"the latest comparison is against {comparison['primary_version']}, not the champion {champion}: "
+                f"waiting for a comparison against the champion")
+    needed = int(config.get("promotion_min_samples") or 0)
+    if int(comparison["labeled_samples"]) < needed:
+        return f"waiting for labeled pairs: {comparison['labeled_samples']} of {needed}"
+    return None
 
 
 def _publish(settings: Settings, event_type: str, record: dict) -> dict:
@@ -250,6 +272,8 @@ def _format_status(status: dict) -> str:
         lines.append(f"  {'p95 ms':<10} {c['primary_latency_p95_ms']:>9.3f} {c['shadow_latency_p95_ms']:>9.3f}")
     else:
         lines.append("live comparison  (none yet)")
+    if status.get("policy_waiting"):
+        lines.append(f"policy       {status['policy_waiting']}")
     lines.extend(_format_feedback_loop(status.get("feedback_loop")))
     lines.append("recent decisions" + ("" if status["recent_decisions"] else "  (none)"))
     for d in status["recent_decisions"]:
