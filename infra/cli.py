@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "infra.commands.serving",     # status, promote, rollback
     "infra.commands.analytics",   # sink, sql, report
     "infra.commands.demo",        # demo, bench
+    "infra.commands.dead_letters",  # dead-letters replay
 )
 
 

@@ -31,6 +31,12 @@ class Settings:
     """Consumer group session timeout; small so that groups (re)join quickly."""
     heartbeat_interval_ms: int = 500
     """Consumer group heartbeat interval."""
+    max_message_bytes: int = 1_000_000
+    """Largest record (key + value + headers, bytes) any ctloop producer sends: librdkafka's message.max.bytes,
+    faust's producer_max_request_size; consumers fetch at least this much per partition. An input record
+    over it, or one whose own outputs, dead letter or table row would be over it, is dead-lettered once
+    (record_too_large, value truncated, original size and sha256 kept). The brokers must accept it: set the
+    broker's message.max.bytes / each topic's max.message.bytes to at least this (Kafka's default is 1048588)."""
     # --- producer SDK ------------------------------------------------------------------------------
     producer_linger_ms: int = 5
     """How long the SDK producer waits to batch events."""
@@ -166,6 +172,12 @@ class Settings:
     def resolved_artifact_store(self) -> str:
         return self.artifact_store or str(self.data_path / "artifacts")
 
+    @property
+    def fetch_max_partition_bytes(self) -> int:
+        """Bytes a consumer fetches per partition and request (librdkafka max.partition.fetch.bytes, faust's
+        consumer_max_fetch_size): at least max_message_bytes, and at least 1 MiB (the clients' default)."""
+        return max(1024 * 1024, self.max_message_bytes)
+
     def consumer_config(self, group_id: str, **extra) -> dict:
         """librdkafka consumer configuration tuned for quick group joins, manual commits."""
         config = {
@@ -178,7 +190,11 @@ class Settings:
             "heartbeat.interval.ms": self.heartbeat_interval_ms,
             "topic.metadata.refresh.interval.ms": 2000,
             "log.connection.close": False,
+            "max.partition.fetch.bytes": self.fetch_max_partition_bytes,
         }
+        if self.fetch_max_partition_bytes > 50 * 1024 * 1024:  # above librdkafka's fetch.max.bytes default
+            config["fetch.max.bytes"] = self.fetch_max_partition_bytes
+            config["receive.message.max.bytes"] = max(100_000_000, self.fetch_max_partition_bytes + 512)
         config.update(extra)
         return config
 
@@ -191,6 +207,7 @@ class Settings:
             "acks": "all",
             "partitioner": self.producer_partitioner,
             "log.connection.close": False,
+            "message.max.bytes": self.max_message_bytes,
         }
         config.update(extra)
         return config

@@ -23,9 +23,11 @@ from infra.clickhouse import ClickHouseError, connect, table_columns
 from infra.metrics import Metrics
 from streams import catalog as ev
 from streams.consumer import Event, EventConsumer
+from streams.dead_letters import DEAD_LETTER_OWNERS
 from streams.topics import Topics, ensure_topics
 
 log = logging.getLogger(__name__)
+SINK_COMPONENT = "clickhouse-sink"
 
 TABLES: dict[str, str] = {
     ev.PREDICTION_LOGGED: "predictions",
@@ -175,8 +177,13 @@ class ClickHouseSink:
         self._admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
         if create_topics:
             ensure_topics(self._admin, self.topics)
-        self.consumer = _SinkConsumer(settings, self.group_id, self.topics.all_names(), component="clickhouse-sink",
-                                      before_revoke=self._flush_before_revoke, on_assigned=self._mark_assignment)
+        # the sink dead-letters refused records only of the topics it owns (deployments, model-lifecycle,
+        # model-updates); the other topics' owners (processor stages, trainers) dead-letter theirs, so a bad
+        # record gives one dead letter (streams.dead_letters.DEAD_LETTER_OWNERS)
+        owned = [self.topics.name(k) for k, owner in DEAD_LETTER_OWNERS.items() if owner == SINK_COMPONENT]
+        self.consumer = _SinkConsumer(settings, self.group_id, self.topics.all_names(), component=SINK_COMPONENT,
+                                      before_revoke=self._flush_before_revoke, on_assigned=self._mark_assignment,
+                                      dead_letter_topics=owned)
 
     def _flush_before_revoke(self) -> None:
         try:

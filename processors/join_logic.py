@@ -3,7 +3,7 @@ in one state record, whichever arrives first.
 
 State per prediction id (one record, so one atomic changelog write per change):
 ``{"p": prediction or None, "f": joined feedback or None, "q": parked feedback list, "pt": partition,
-"ts": ms of the last change}``.
+"ts": ms of the last change}``, plus ``x`` (why a prediction with this id was dead-lettered) when one was.
 
 * prediction first: kept in ``p`` until feedback arrives or ``join_ttl_s`` passes.
 * feedback first: parked in ``q``; matched when the prediction arrives; dead-lettered
@@ -36,7 +36,8 @@ class JoinResult:
     ignored: int = 0
     """Feedback of a deployment whose feedback loop is off."""
     dead_letters: list = field(default_factory=list)
-    """(feedback record, parked info, reason) to dead-letter."""
+    """(prediction id, compact feedback) to dead-letter as unmatched_feedback; the feedback's ``why``,
+    when set, is the reason (its prediction was dead-lettered), else the park TTL passed."""
 
 
 def resolve_label(feedback: dict, predicted: str | None) -> str | None:
@@ -74,6 +75,7 @@ class FeedbackJoiner:
         if record["p"] is not None and record["p"]["src"] != src:
             return result  # a second prediction with the same id: the first one stands
         replay = record["p"] is not None
+        record.pop("x", None)  # a valid prediction after a rejected one with the same id
         record["p"] = compact_prediction(value, src)
         if replay and record["f"] is not None and record["f"]["src"] == src:
             # the join this very event made before a crash: emit again, count (guarded by offsets)
@@ -85,6 +87,21 @@ class FeedbackJoiner:
         self.store(record["pt"], pid, record)
         return result
 
+    def on_rejected_prediction(self, pid: str, reason: str, partition: int, now_ms: int) -> JoinResult:
+        """A prediction with this id was dead-lettered (``reason``): remember why (``x``, until the join
+        TTL), so its feedback is dead-lettered at once as unmatched_feedback saying why, parked
+        feedback included (returned in ``dead_letters`` as (pid, feedback with ``why``))."""
+        result = JoinResult()
+        record = self.state.get(pid)
+        record = dict(record) if record else {"p": None, "f": None, "q": [], "pt": partition, "ts": now_ms}
+        if record["p"] is not None:
+            return result  # a valid prediction with this id stands
+        why = f"its prediction {pid} was dead-lettered ({reason})"
+        result.dead_letters = [(pid, {**fb, "why": why}) for fb in record["q"]]
+        record.update(q=[], x=why, ts=now_ms)
+        self.store(record["pt"], pid, record)
+        return result
+
     def on_feedback(self, pid: str, value: dict, src: list, now_ms: int) -> JoinResult:
         result = JoinResult()
         if not self.feedback_enabled(value["deployment"]):
@@ -93,6 +110,9 @@ class FeedbackJoiner:
         record = self.state.get(pid)
         record = dict(record) if record else {"p": None, "f": None, "q": [], "pt": src[1], "ts": now_ms}
         fb = compact_feedback(value, src, now_ms)
+        if record["p"] is None and record.get("x"):
+            result.dead_letters.append((pid, {**fb, "why": record["x"]}))
+            return result
         if record["p"] is None:
             if all(q["event_id"] != fb["event_id"] for q in record["q"]):
                 record["q"] = record["q"] + [fb]
@@ -159,6 +179,9 @@ class FeedbackJoiner:
                 record = {**record, "q": keep}
             if record["p"] is not None and now_ms - record["ts"] >= join_ttl_ms:
                 record = {**record, "p": None, "f": None}
+                changed = True
+            if record.get("x") and now_ms - record["ts"] >= join_ttl_ms:
+                record = {k: v for k, v in record.items() if k != "x"}
                 changed = True
             if not changed:
                 continue

@@ -19,9 +19,10 @@ from __future__ import annotations
 import logging
 import time
 
-from processors.dead_letters import dead_letter_message, decode_message
+from processors.dead_letters import dead_letter_failure, decode_message
 from processors.policies import ComparisonAggregator, PredictionJoin
 from streams import catalog as ev
+from streams.record_size import RecordTooLarge, json_batches
 from streams.serde import new_event
 
 log = logging.getLogger(__name__)
@@ -58,38 +59,41 @@ def register(app, ctx) -> None:
                                         ("deployment",))
     m_open = ctx.metrics.gauge("ctloop_shadow_join_open_entries", "Predictions waiting in the shadow join.")
 
+    limit = settings.max_message_bytes
+
     def join_one(message) -> list[dict]:
-        decoded = decode_message(ctx, message, component)  # types allowed per topic: streams/topics.py
+        # types allowed per topic and the role of a prediction on its topic are checked at the edge
+        # (streams.dead_letters.decode_checked); this stage dead-letters refused shadow-predictions only
+        decoded = decode_message(ctx, message, component)
         if decoded is None:
             return []
         value = decoded[1]
-        if message.topic == topics.feedback:
-            return join.on_feedback(value)
-        if (message.topic == topics.shadow_predictions) != (value["role"] == "shadow"):
-            dead_letter_message(ctx, message, f"role {value['role']} does not belong on {message.topic}", "invalid",
-                                component)
-            return []
-        return join.on_prediction(value)
+        produced = join.on_feedback(value) if message.topic == topics.feedback else join.on_prediction(value)
+        for _ in json_batches(produced, limit, key=b"x" * 200, what="a shadow outcome of this record"):
+            pass  # every outcome fits one outcomes message on its own (else: RecordTooLarge, dead-lettered)
+        return produced
 
     @app.agent(source, name=f"{topics.prefix}shadow-join")
     async def shadow_join(stream):
-        # batches: one outcomes message per deployment and batch keeps the per-event cost low
-        # (500 events make at most ~1 500 outcomes, well under a Kafka message's 1 MB)
+        # batches: one outcomes message per deployment and batch keeps the per-event cost low (split by
+        # size when needed: max_message_bytes)
         async for events in stream.take_events(500, within=0.05):
             by_deployment: dict[str, list[dict]] = {}
             for event in events:
                 try:
                     produced = join_one(event.message)
                 except Exception as exc:  # noqa: BLE001 - one bad record must not stop the stage
-                    log.exception("shadow_comparison: join failed")
-                    dead_letter_message(ctx, event.message, f"join error: {type(exc).__name__}: {exc}",
-                                        "processing_error", component)
+                    log.warning("shadow_comparison: join failed: %s", exc, exc_info=not isinstance(exc, RecordTooLarge))
+                    dead_letter_failure(ctx, event.message, exc, component, "join error")
                     continue
                 for outcome in produced:
                     m_outcomes.labels(outcome["kind"]).inc()
                     by_deployment.setdefault(outcome["deployment"], []).append(outcome)
             for deployment, batch in by_deployment.items():
-                await outcomes.send(key=deployment.encode(), value={"outcomes": batch})
+                key = deployment.encode()
+                # sized batches: many outcomes carrying large labels must not make one message too large
+                for raw, _members in json_batches(batch, limit, field="outcomes", key=key):
+                    await outcomes.send(key=key, value=raw, value_serializer="raw")
             m_open.set(len(join))
 
     def publish(comparisons: list[dict]) -> None:

@@ -5,17 +5,50 @@ timer has no single current event. These helpers name the partition explicitly, 
 :class:`BatchedTableWriter` coalesces the writes of one batch into one changelog record per key, sent
 before the batch is acknowledged (faust flushes its producer before committing offsets), so a crash
 replays the batch from state that is never ahead of the committed offsets' outputs.
+
+Every changelog record is sized before it is queued: one over ``max_message_bytes`` would make faust's
+producer fail (``MessageSizeTooLargeError``) in its background sender and stop the worker on the same
+record after every restart. Such a write raises :class:`streams.record_size.RecordTooLarge` and leaves
+the table unchanged; the stage dead-letters the record that caused it (``record_too_large``).
 """
 from __future__ import annotations
 
 import logging
 
+from streams.record_size import check_size
+
 log = logging.getLogger(__name__)
 
 
-def table_set(table, partition: int, key, value) -> None:
+def changelog_record_size(table, key, value) -> tuple[bytes, bytes]:
+    """The changelog record's (key, value) bytes as faust will serialize them."""
+    serializers = table.app.serializers
+    raw_key = serializers.dumps_key(table.key_type, key, serializer=table.key_serializer)
+    raw_value = serializers.dumps_value(table.value_type, value, serializer=table.value_serializer)
+    return raw_key, raw_value
+
+
+def check_changelog_size(table, key, value, max_bytes: int | None) -> None:
+    """Raise RecordTooLarge when the changelog record of ``key`` -> ``value`` would not fit ``max_bytes``
+    (None: no check; plain dicts, used by unit tests, are sized as JSON)."""
+    if max_bytes is None or value is None:
+        return
+    if isinstance(table, dict):
+        import json
+
+        raw_key, raw_value = str(key).encode(), json.dumps(value).encode()
+        name = "table"
+    else:
+        raw_key, raw_value = changelog_record_size(table, key, value)
+        name = getattr(table, "name", "table")
+    check_size(f"the {name} row of {key!r}", raw_value, raw_key, None, max_bytes)
+
+
+def table_set(table, partition: int, key, value, max_bytes: int | None = None) -> None:
     """Set a faust table key, writing its changelog record to ``partition`` explicitly (batched
-    processing and timers have no single current event to take the partition from)."""
+    processing and timers have no single current event to take the partition from). Raises
+    RecordTooLarge (table unchanged) when the row is over ``max_bytes``."""
+    check_changelog_size(table, key, value, max_bytes)
     if isinstance(table, dict):
         table[key] = value
         return
@@ -24,6 +57,7 @@ def table_set(table, partition: int, key, value) -> None:
 
 
 def table_del(table, partition: int, key) -> None:
+    """Delete a faust table key, writing a tombstone to ``partition``."""
     if isinstance(table, dict):
         table.pop(key, None)
         return
@@ -32,28 +66,63 @@ def table_del(table, partition: int, key) -> None:
         table.send_changelog(partition, key, None, value_serializer="raw")
 
 
+_MISSING = object()
+
+
 class BatchedTableWriter:
     """``write(partition, key, value_or_None)`` updates the in-memory table now and queues the
-    changelog record; ``persist()`` sends one record per key written since the last call."""
+    changelog record; ``persist()`` sends one record per key written since the last call.
 
-    def __init__(self, table):
+    ``max_bytes`` (Settings.max_message_bytes): a row whose changelog record would be larger raises
+    RecordTooLarge from ``write`` and the table is left unchanged. ``begin()`` / ``rollback()`` undo
+    every write since ``begin()`` (a record whose later writes or outputs turned out too large);
+    ``release()`` keeps them."""
+
+    def __init__(self, table, max_bytes: int | None = None):
         self.table = table
+        self.max_bytes = max_bytes
         self._dirty: dict = {}
+        self._journal: dict | None = None
+
+    def _data(self):
+        return self.table if isinstance(self.table, dict) else self.table.data
+
+    def begin(self) -> None:
+        """Start recording the writes that ``rollback()`` undoes."""
+        self._journal = {}
+
+    def release(self) -> None:
+        """Keep the writes since ``begin()``."""
+        self._journal = None
+
+    def rollback(self) -> None:
+        """Undo the writes since ``begin()``: the table and the queued changelog records are as before."""
+        journal, self._journal = self._journal or {}, None
+        data = self._data()
+        for key, (value, dirty_partition) in journal.items():
+            if value is _MISSING:
+                data.pop(key, None)
+            else:
+                data[key] = value
+            if dirty_partition is _MISSING:
+                self._dirty.pop(key, None)
+            else:
+                self._dirty[key] = dirty_partition
 
     def write(self, partition: int, key, value) -> None:
-        if isinstance(self.table, dict):
-            if value is None:
-                self.table.pop(key, None)
-            else:
-                self.table[key] = value
-            return
+        check_changelog_size(self.table, key, value, self.max_bytes)
+        data = self._data()
+        if self._journal is not None and key not in self._journal:
+            self._journal[key] = (data.get(key, _MISSING), self._dirty.get(key, _MISSING))
         if value is None:
-            self.table.data.pop(key, None)
+            data.pop(key, None)
         else:
-            self.table.data[key] = value
-        self._dirty[key] = partition
+            data[key] = value
+        if not isinstance(self.table, dict):
+            self._dirty[key] = partition
 
     def persist(self) -> int:
+        """Send one changelog record per key written since the last call; returns how many."""
         dirty, self._dirty = self._dirty, {}
         for key, partition in dirty.items():
             value = self.table.data.get(key)

@@ -14,8 +14,9 @@ from typing import Callable, Iterable
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-from streams.dead_letters import Rejected, decode_checked, publish_dead_letter
+from streams.dead_letters import RECORD_TOO_LARGE, Rejected, decode_checked, publish_dead_letter
 from streams.producer import EventProducer
+from streams.record_size import RecordTooLarge
 from streams.serde import DecodeError, Serde
 from streams.topics import Topics
 
@@ -42,10 +43,15 @@ class EventConsumer:
 
     def __init__(self, settings, group_id: str, topics: Iterable[str], *, serde: Serde | None = None,
                  dlq_producer: EventProducer | None = None, component: str | None = None,
-                 validate: bool = True, **config):
+                 validate: bool = True, dead_letter_topics: Iterable[str] | None = None, **config):
+        """``dead_letter_topics`` (full names; default: every topic read): the topics whose records refused
+        at the edge this consumer dead-letters; refused records of the other topics are skipped and
+        counted (``skipped``), their owner dead-letters them (``streams.dead_letters.DEAD_LETTER_OWNERS``)."""
         self.settings = settings
         self.topics_registry = Topics.from_settings(settings)
         self.topics = list(topics)
+        self.dead_letter_topics = set(self.topics if dead_letter_topics is None else dead_letter_topics)
+        self.skipped = 0
         self.serde = serde or Serde.from_settings(settings)
         self.component = component or group_id
         self.validate = validate
@@ -98,18 +104,25 @@ class EventConsumer:
             self._pending[(topic, partition)] = offset + 1
             try:
                 decoded = decode_checked(self.serde, self.topics_registry, topic, msg.value(), validate=self.validate,
+                                         key=msg.key(), max_bytes=self.settings.max_message_bytes,
                                          record_time_ms=msg.timestamp()[1],
                                          event_time_bounds=(self.settings.event_time_max_past_s,
                                                             self.settings.event_time_max_future_s))
             except Rejected as exc:
-                self.dead_letter(msg, exc.reason, exc.error_type)
+                if topic in self.dead_letter_topics:
+                    self.dead_letter(msg, exc.reason, exc.error_type)
+                else:
+                    self.skipped += 1
+                    log.debug("%s: skipped %s[%d]@%d (%s; its owner dead-letters it)", self.component, topic,
+                              partition, offset, exc.error_type)
                 continue
             ts = msg.timestamp()[1]
             events.append(Event(decoded.event_type, decoded.value, topic, partition, offset, msg.key(), ts))
         return events
 
     def dead_letter(self, msg_or_event, reason: str, error_type: str) -> None:
-        """Send a record (a confluent Message or an Event) to the dead-letter topic."""
+        """Send a record (a confluent Message or an Event) to the dead-letter topic (truncated to fit
+        max_message_bytes, then error_type record_too_large: streams.dead_letters.publish_dead_letter)."""
         if isinstance(msg_or_event, Event):
             topic, partition, offset, key = msg_or_event.topic, msg_or_event.partition, msg_or_event.offset, msg_or_event.key
             value = self.serde.encode(msg_or_event.event_type, msg_or_event.value, topic)
@@ -144,6 +157,9 @@ class EventConsumer:
                 try:
                     handler(event)
                     self.processed += 1
+                except RecordTooLarge as exc:  # one of the event's own writes is over max_message_bytes
+                    log.warning("%s: %s[%d]@%d: %s", self.component, event.topic, event.partition, event.offset, exc)
+                    self.dead_letter(event, f"its writes do not fit: {exc}", RECORD_TOO_LARGE)
                 except Exception as exc:  # noqa: BLE001
                     log.exception("%s: handler failed on %s[%d]@%d", self.component, event.topic, event.partition, event.offset)
                     self.dead_letter(event, f"handler error: {type(exc).__name__}: {exc}", "processing_error")

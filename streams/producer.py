@@ -6,8 +6,9 @@ import logging
 import threading
 import time
 
-from confluent_kafka import KafkaException, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 
+from streams.record_size import RECORD_OVERHEAD_BYTES, RecordTooLarge, check_size
 from streams.serde import Serde
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,10 @@ class EventProducer:
             "on_delivery": self._on_delivery, "delivery.report.only.error": True, **config}))
         self._produce = self._producer.produce
         self.block_timeout_s = settings.producer_block_timeout_s
+        self.max_message_bytes = settings.max_message_bytes
+        # a value up to this with a key of up to 1024 characters (4096 bytes) and no headers always fits:
+        # only records near the limit are sized exactly
+        self._size_guard = settings.max_message_bytes - RECORD_OVERHEAD_BYTES - 4096
         self.produced = 0
         self.failed = 0
         self._failed_total = 0
@@ -65,8 +70,13 @@ class EventProducer:
         self.produce_raw(topic, value, key, headers)
 
     def produce_raw(self, topic: str, value: bytes, key: str | bytes | None = None, headers=None) -> None:
+        """Queue one encoded record. Raises :class:`streams.record_size.RecordTooLarge` (naming the topic
+        and the sizes) when key + value + headers exceed ``settings.max_message_bytes``, before anything
+        is queued; BackPressureTimeout when the buffer stays full."""
         if self._closed:
             raise RuntimeError("producer is closed")
+        if headers is not None or len(value) > self._size_guard or (key is not None and len(key) > 1024):
+            check_size(f"a record for {topic}", value, key, headers, self.max_message_bytes)
         try:
             if headers is None:
                 self._produce(topic, value, key)
@@ -74,6 +84,10 @@ class EventProducer:
                 self._produce(topic, value, key, headers=headers)
         except BufferError:
             self._wait_for_room(topic, value, key, headers)
+        except KafkaException as exc:  # the client's own size check (e.g. a smaller message.max.bytes in config)
+            if exc.args and exc.args[0].code() == KafkaError.MSG_SIZE_TOO_LARGE:
+                raise RecordTooLarge(f"a record for {topic}", len(value), self.max_message_bytes) from None
+            raise
         self.produced += 1
         if not self.produced & 1023:  # serve (error-only) delivery reports now and then
             self._producer.poll(0)

@@ -166,7 +166,8 @@ def publish_scenario(settings, *, garbage: bool = True) -> Scenario:
     emit(topics.deployments, ev.DEPLOYMENT_CONFIGURED, "deployment_configs", "fraud", deployment="fraud",
          change="setup_feedback_loop", model_name="m", event_time=T0 - 2 * MIN)
     if garbage:
-        producer.produce_raw(topics.predictions, b"not an event", b"k")
+        # on a topic whose refused records the sink dead-letters itself (streams.dead_letters.DEAD_LETTER_OWNERS)
+        producer.produce_raw(topics.model_updates, b"not an event", b"k")
         count["dead_letters"] = 1
     producer.flush()
     client.close()

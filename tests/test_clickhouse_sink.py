@@ -18,7 +18,7 @@ from tests.clickhouse_scenario import T0, publish_scenario
 @pytest.fixture
 def ch_settings(settings, clickhouse_url, topics):
     return settings.replace(clickhouse_url=clickhouse_url, clickhouse_database=f"t_{uuid.uuid4().hex[:10]}",
-                            sink_flush_interval_s=0.2)
+                            sink_flush_interval_s=0.2, event_time_max_past_s=0)  # the scenario backfills T0
 
 
 def table_counts(client, db) -> dict[str, int]:
@@ -48,7 +48,7 @@ def _check_round_trip(ch_settings, scenario, client):
     assert row[1].replace(tzinfo=dt.timezone.utc) == dt.datetime.fromtimestamp(T0 / 1000, dt.timezone.utc)
     assert row[2] == "b" and row[3] == ch_settings.topic_prefix + "predictions"
     dead = client.query("SELECT component, error_type, source_topic FROM dead_letters").result_rows
-    assert dead == [("clickhouse-sink", dead[0][1], ch_settings.topic_prefix + "predictions")]
+    assert dead == [("clickhouse-sink", "undecodable", ch_settings.topic_prefix + "model-updates")]
     lineage = client.query("SELECT lineage_partitions, lineage_end_offsets FROM models_registered "
                            "WHERE model_version = '3'").result_rows[0]
     assert lineage[0] == [p["partition"] for p in scenario.snapshot2]
@@ -148,3 +148,25 @@ def test_run_stores_and_commits_until_stopped(ch_settings):
         assert again.run_until_caught_up(timeout_s=60) == 0
         assert again.duplicates_skipped == 0
         assert again.client.query("SELECT count() FROM predictions WHERE deployment = 'run'").result_rows == [(10,)]
+
+
+def test_the_sink_dead_letters_only_the_topics_it_owns_and_survives_oversized_records(ch_settings):
+    """A bad record on predictions is the feedback join's to dead-letter (one dead letter per bad record):
+    the sink skips it, as it skips a 6 MB record there; a bad record on deployments (the sink owns it) is
+    dead-lettered by the sink, once."""
+    from confluent_kafka import Producer
+
+    from streams.topics import Topics
+
+    topics = Topics.from_settings(ch_settings)
+    raw = Producer({"bootstrap.servers": ch_settings.bootstrap_servers, "message.max.bytes": 10_000_000})
+    raw.produce(topics.predictions, b"not an event", b"p")
+    raw.produce(topics.predictions, b"\x00" + b"g" * 6_000_000, b"big")
+    raw.produce(topics.deployments, b"not an event either", b"d")
+    assert raw.flush(30) == 0
+    with ClickHouseSink(ch_settings) as sink:
+        sink.run_until_caught_up(timeout_s=60)
+        dead = sink.client.query(f"SELECT component, error_type, source_topic FROM "
+                                 f"{ch_settings.clickhouse_database}.dead_letters").result_rows
+        assert sink.consumer.skipped == 2
+    assert dead == [("clickhouse-sink", "undecodable", topics.deployments)]
