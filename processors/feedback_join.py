@@ -21,6 +21,7 @@ from processors.deployment_view import DeploymentView
 from processors.feedback_counters import FeedbackCounters, register_aggregation, send_partials
 from processors.follower import LogFollower
 from processors.join_logic import FeedbackJoiner
+from processors.ownership import forget_unassigned
 from processors.tables import BatchedTableWriter, reload_assigned_changelogs
 from streams import catalog as ev
 from streams.record_size import RecordTooLarge, check_size
@@ -45,6 +46,13 @@ def register(app, ctx) -> None:
         n = await asyncio.get_running_loop().run_in_executor(
             None, reload_assigned_changelogs, app, [state, counts], settings.bootstrap_servers)
         log.info("feedback join: state re-read from %d changelog records", n)
+        # rows of partitions revoked from this worker stay in faust's memory store: forget them, so the
+        # expiry sweep acts only for partitions this worker owns (processors/ownership.py)
+        owned = {tp.partition for tp in app.consumer.assignment() if tp.topic == topics.predictions}
+        gone = forget_unassigned(state, owned, lambda _k, v: v.get("pt") if isinstance(v, dict) else None)
+        gone += forget_unassigned(counts, owned, lambda k, _v: int(str(k).rsplit("|", 1)[1]))
+        if gone:
+            log.info("feedback join: forgot %d rows of partitions now owned by other workers", gone)
 
     def persist() -> None:
         state_writer.persist()

@@ -85,3 +85,18 @@ def ensure_internal_topics(admin, settings, timeout_s: float = 30.0) -> list[str
                 if getattr(err, "code", lambda: None)() != KafkaError.TOPIC_ALREADY_EXISTS:
                     raise RuntimeError(f"cannot create internal topic {name}: {exc}") from exc
     return names
+
+
+def forget_unassigned(table, assigned: set[int], partition_of) -> int:
+    """Drop the in-memory rows of ``table`` (a faust Table or a dict) whose partition, per
+    ``partition_of(key, value)`` (None: keep), is not in ``assigned``: faust's memory store keeps the
+    rows of revoked partitions, and a timer sweeping them (the join's expiry) would act for partitions
+    another worker owns now. No changelog record is written. Returns the rows dropped."""
+    data = table if isinstance(table, dict) else table.data
+    dropped = 0
+    for key, value in list(data.items()):
+        p = partition_of(key, value)
+        if p is not None and p not in assigned:
+            del data[key]
+            dropped += 1
+    return dropped

@@ -153,3 +153,14 @@ def test_n_workers_publish_the_same_stats_and_triggers_as_one(settings, topics, 
     assert len({t["trigger_id"] for t in triggers}) == PHASES
     assert [t["reason"] for t in _triggers(out, sched)] == ["schedule"] == [t["reason"] for t in scheduled]
     assert len(out.of(ev.DRIFT_MEASURED, deployment=dep)) == len(windows) == PREDICTIONS // WINDOW - 1
+
+
+def test_rows_of_revoked_partitions_are_forgotten_without_changelog_writes():
+    from processors.ownership import forget_unassigned
+
+    state = {"p1": {"pt": 0}, "p2": {"pt": 3}, "p3": {"pt": 1}, "odd": "not a row"}
+    assert forget_unassigned(state, {0, 1}, lambda _k, v: v.get("pt") if isinstance(v, dict) else None) == 1
+    assert set(state) == {"p1", "p3", "odd"}
+    counts = {"d|predictions|0": {}, "d|feedback|2": {}, "d|expired|2": {}}
+    assert forget_unassigned(counts, {0}, lambda k, _v: int(k.rsplit("|", 1)[1])) == 2
+    assert set(counts) == {"d|predictions|0"}
