@@ -28,7 +28,8 @@ from processors.dead_letters import decode_message
 from processors.shadow_comparison import iter_outcomes, outcomes_topic
 from streams import catalog as ev
 from streams.serde import new_event
-from trainers.registry import ModelRegistry, Refusal
+from streams.consumer import end_offsets
+from trainers.registry import HeldUpdateRelease, ModelRegistry, Refusal
 
 log = logging.getLogger(__name__)
 
@@ -131,10 +132,22 @@ def register(app, ctx) -> None:
 
     def follower() -> TopicFollower:
         if "f" not in follower_box:  # started with the worker, not when the app is built
-            follower_box["f"] = TopicFollower(
+            f = follower_box["f"] = TopicFollower(
                 settings, [topics.deployments, topics.model_lifecycle, topics.model_updates],
-                lambda e: state.apply(e.event_type, e.value), serde=ctx.serde, name="promotion-state").start()
+                lambda e: state.apply(e.event_type, e.value), on_batch=lambda: release_check(),
+                serde=ctx.serde, name="promotion-state")
+            follower_box["release"] = HeldUpdateRelease(
+                state.registry, lambda: f.positions.get((topics.model_lifecycle, 0), 0),
+                lambda: end_offsets(settings, topics.model_lifecycle).get(0, 0))
+            f.start()
         return follower_box["f"]
+
+    def release_check() -> None:
+        """In the follower thread: refuse held updates whose registration can no longer come."""
+        release = follower_box.get("release")
+        if release is not None:
+            with state.lock:
+                release.check()
 
     def settings_client():
         if "s" not in follower_box:

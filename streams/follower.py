@@ -43,6 +43,7 @@ class TopicFollower:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.events = 0
+        self.positions: dict[tuple[str, int], int] = {}  # (topic, partition) -> next offset to read (decodable or not)
 
     def start(self) -> "TopicFollower":
         self._thread = threading.Thread(target=self._run, name=f"ctloop-{self.name}", daemon=True)
@@ -93,6 +94,7 @@ class TopicFollower:
                         if msg.error().code() == KafkaError._PARTITION_EOF:
                             pending.discard(key)
                         continue
+                    self.positions[key] = msg.offset() + 1
                     try:
                         decoded = self.serde.decode(msg.value())
                     except DecodeError as exc:

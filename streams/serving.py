@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from streams import catalog as ev
-from streams.consumer import Event
+from streams.consumer import Event, end_offsets
 from streams.follower import TopicFollower
 from streams.topics import Topics
 from streams.validation import InvalidEvent, ModelOutputError, check_features
@@ -103,6 +103,7 @@ class Deployment:
         self._stop = threading.Event()
         self._shadow_thread: threading.Thread | None = None
         self._follower: TopicFollower | None = None
+        self._release = None  # HeldUpdateRelease, set by start()
         self._initial: list[Event] | None = None  # events read before catching up, folded once caught up
         self._metrics(metrics)
 
@@ -127,6 +128,8 @@ class Deployment:
         be registered) and start following updates."""
         if self._follower is not None:
             return self
+        from trainers.registry import HeldUpdateRelease
+
         self._stop.clear()
         self._shadow_thread = threading.Thread(target=self._shadow_loop, name=f"ctloop-shadow-{self.deployment}",
                                                daemon=True)
@@ -135,6 +138,10 @@ class Deployment:
             self.settings, [self.topics.model_lifecycle, self.topics.model_updates, self.topics.deployments],
             self._on_event, on_batch=self._reconcile, serde=self.client.serde, name=f"serving-{self.deployment}")
         self._initial: list[Event] | None = []
+        lifecycle = self.topics.model_lifecycle
+        self._release = HeldUpdateRelease(
+            self.registry, lambda: self._follower.positions.get((lifecycle, 0), 0) if self._follower else 0,
+            lambda: end_offsets(self.settings, lifecycle).get(0, 0))
         self._follower.start()
         deadline = time.monotonic() + timeout_s
         self._follower.wait_caught_up(timeout_s)
@@ -228,6 +235,7 @@ class Deployment:
             for e in initial:
                 if e.topic != self.topics.model_lifecycle:
                     self._apply(e)
+        self._release.check()  # updates naming a version never registered must not stall the ones after them
         champion = self.registry.champion(self.deployment)
         if champion is None:
             return

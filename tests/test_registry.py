@@ -176,3 +176,22 @@ def test_preconditions_on_the_version_state_and_released_events_without_them():
     old = fold((ev.MODEL_REGISTERED, registered("v1", "champion")), (ev.MODEL_REGISTERED, registered("v2")),
                (ev.MODEL_PROMOTED, promoted("v2", "v1")), (ev.MODEL_ROLLED_BACK, rolled_back("v3", "v1")))
     assert old.champion(DEP).version == "v1" and old.refusals == []   # released/1 events: no preconditions, as before
+
+
+def test_held_updates_are_refused_once_lifecycle_was_read_past_the_end_asked_after_them():
+    from trainers.registry import HeldUpdateRelease
+
+    r = ModelRegistry()
+    r.offer(ev.MODEL_REGISTERED, registered("v1", "champion"))
+    position, ends = [1], []
+    release = HeldUpdateRelease(r, lambda: position[0], lambda: ends.pop(0))
+    r.offer(ev.MODEL_PROMOTED, promoted("v9", "v1"))          # nobody ever registers v9
+    r.offer(ev.MODEL_PROMOTED, promoted("v2", "v1"))          # held behind it
+    ends.append(2)                                            # lifecycle end asked after both were read
+    release.check()
+    assert len(r.held) == 2                                   # v2's registration (offset 1) not read yet
+    r.offer(ev.MODEL_REGISTERED, registered("v2"))            # offset 1 read: v9 still unknown
+    position[0] = 2
+    release.check()
+    assert r.held == [] and r.champion(DEP).version == "v2"
+    assert [x.reason for x in r.refusals] == ["unknown version v9"]

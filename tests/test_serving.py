@@ -316,3 +316,20 @@ def test_status_says_why_the_policy_does_not_decide_the_latest_comparison():
     assert "not of the shadow (none)" in policy_waiting(dict(config, shadow_model_version=None), "v2", comparison)
     assert "off" in policy_waiting(dict(config, continuous_deployment_enabled=False), "v2", comparison)
     assert policy_waiting(config, "v2", dict(comparison, labeled_samples=100)) is None
+
+
+def test_an_update_naming_a_version_never_registered_does_not_stall_serving(settings, topics):
+    """A hostile ModelPromoted of a version nobody registered is held, then refused once the app has
+    read model-lifecycle past the end it had after reading it; the updates behind it are followed."""
+    dep = "toy"
+    register_model(settings, dep, "v1", +1, alias="champion")
+    register_model(settings, dep, "v2", -1)
+    with Deployment(settings, dep) as live, EventProducer(settings) as producer:
+        live.start(timeout_s=20)
+        for version in ("v9", "v2"):
+            producer.produce(topics.model_updates, ev.MODEL_PROMOTED, new_event(
+                ev.MODEL_PROMOTED, deployment=dep, model_version=version, previous_version="v1", decided_by="manual",
+                reason="r", expected_champion="v1"), key=dep)
+            producer.flush()
+        live.wait_for(lambda s: s.primary_version == "v2", timeout_s=15)
+        assert [r.reason for r in live.registry.refusals] == ["unknown version v9"]

@@ -134,8 +134,10 @@ class ModelRegistry:
         from streams.topics import Topics
 
         topics = Topics.from_settings(settings)
-        lifecycle = read_to_end(settings, topics.model_lifecycle, serde=serde, timeout_s=timeout_s)
+        # model-updates first: every update read was published after its registration was in the log,
+        # so model-lifecycle read afterwards holds every registration they name
         updates = read_to_end(settings, topics.model_updates, serde=serde, timeout_s=timeout_s)
+        lifecycle = read_to_end(settings, topics.model_lifecycle, serde=serde, timeout_s=timeout_s)
         registry = cls()
         registry.apply_all(lifecycle, updates)
         return registry
@@ -174,12 +176,16 @@ class ModelRegistry:
         """Updates waiting for the registration of the version they name (in log order)."""
         return list(self._held)
 
-    def release_held(self) -> None:
-        """Fold the held updates now (their versions stay unknown: each is refused). Call only once
-        model-lifecycle has been read to its end."""
-        held, self._held = self._held, []
+    def release_held(self, count: int | None = None) -> None:
+        """Fold the first ``count`` held updates (default: all) now: those whose version is still unknown
+        are refused. Call only once model-lifecycle has been read past the point where their
+        registrations would be (see :class:`HeldUpdateRelease`); the rest are offered again."""
+        count = len(self._held) if count is None else count
+        held, rest, self._held = self._held[:count], self._held[count:], []
         for t, v in held:
             self.apply(t, v)
+        for t, v in rest:
+            self.offer(t, v)
 
     def _known(self, deployment: str | None, version: str | None) -> bool:
         return version is None or self.get(deployment or "", version) is not None
@@ -377,3 +383,41 @@ class ModelRegistry:
 
 def _log_position(event) -> tuple[int, int]:
     return (getattr(event, "partition", 0), getattr(event, "offset", 0))
+
+
+class HeldUpdateRelease:
+    """When a *live* fold may refuse updates held for a registration that will never come (a hostile or
+    mistaken event naming a version nobody registered), so they cannot stall every later update.
+
+    Causality, no clock: a decider publishes an update only after it read the registration in
+    model-lifecycle. So once this fold has read model-lifecycle up to an end offset that was asked of
+    the broker *after* the held updates were read, their registrations, if any, have been folded.
+    ``position()``: the next model-lifecycle offset this fold will read (everything before it folded);
+    ``end_offset()``: model-lifecycle's current end offset from the broker (blocking; called only while
+    something is held). Call :meth:`check` after each batch the fold read."""
+
+    def __init__(self, registry: ModelRegistry, position, end_offset):
+        self.registry = registry
+        self.position = position
+        self.end_offset = end_offset
+        self._target: tuple[int, int] | None = None   # (end offset asked, held updates it covers)
+
+    def check(self) -> None:
+        held = len(self.registry.held)
+        if not held:
+            self._target = None
+            return
+        if self._target is None:
+            try:
+                self._target = (int(self.end_offset()), held)
+            except Exception as exc:  # noqa: BLE001 - retried after the next batch
+                log.warning("registry: end offset of model-lifecycle unknown (%s); held updates wait", exc)
+                return
+        end, covered = self._target
+        if self.position() >= end:
+            self._target = None
+            log.warning("registry: %d update(s) name versions model-lifecycle never registered; refusing them",
+                        min(covered, held))
+            self.registry.release_held(min(covered, held))
+            if self.registry.held:
+                self.check()
