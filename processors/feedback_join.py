@@ -134,7 +134,7 @@ def register(app, ctx) -> None:
         now = now_ms()
         if topic_key == "predictions":   # role shadow is refused at the edge (streams.dead_letters)
             result = joiner.on_prediction(pid, value, src, now)
-            inc = {"predictions_logged": 1}
+            inc = {} if result.repeated else {"predictions_logged": 1}   # a re-sent prediction counts once
         else:
             result = joiner.on_feedback(pid, value, src, now)
             inc = {"feedback_received": 1}

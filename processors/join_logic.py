@@ -35,6 +35,8 @@ class JoinResult:
     corrections: int = 0
     ignored: int = 0
     """Feedback of a deployment whose feedback loop is off."""
+    repeated: bool = False
+    """A prediction whose id was already logged by another record (a re-send): ignored, not counted."""
     dead_letters: list = field(default_factory=list)
     """(prediction id, compact feedback) to dead-letter as unmatched_feedback; the feedback's ``why``,
     when set, is the reason (its prediction was dead-lettered), else the park TTL passed."""
@@ -73,7 +75,8 @@ class FeedbackJoiner:
         record = self.state.get(pid)
         record = dict(record) if record else {"p": None, "f": None, "q": [], "pt": src[1], "ts": now_ms}
         if record["p"] is not None and record["p"]["src"] != src:
-            return result  # a second prediction with the same id: the first one stands
+            result.repeated = True
+            return result  # a second prediction with the same id (e.g. an app's re-send): the first one stands
         replay = record["p"] is not None
         record.pop("x", None)  # a valid prediction after a rejected one with the same id
         record["p"] = compact_prediction(value, src)

@@ -1,6 +1,6 @@
-"""Oversized and bad records on the real broker with a real worker (the stages that read predictions:
-feedback join, drift, shadow comparison): the worker keeps running, each bad record gets exactly one
-dead letter (record_too_large ones fit, with the original size and sha256), fresh pairs are joined
+"""Oversized and bad records on the real broker with a real worker running every stage (three of them
+read predictions and two feedback: feedback join, drift, shadow comparison; labeled examples are read by
+drift and triggers): the worker keeps running, each bad record gets exactly one dead letter (record_too_large ones fit, with the original size and sha256), fresh pairs are joined
 afterwards, and a restart dead-letters nothing again.
 
 The embedded Tansu broker enforces no record size limit (it took a 20 MB record when this was written),
@@ -22,7 +22,7 @@ from streams.serde import Serde, new_event
 from tests.helpers.collect import Collector
 from tests.helpers.processes import running_processors
 
-STAGES = ["processors.feedback_join", "processors.drift", "processors.shadow_comparison"]
+STAGES = ""   # every stage of processors.app.STAGES
 
 
 def _raw_producer(settings) -> Producer:
@@ -78,6 +78,8 @@ def test_oversized_and_bad_records_get_one_dead_letter_each_and_the_worker_keeps
             send("wide_prediction", topics.predictions, wide_pid, wide_value)
             # 4. a small undecodable prediction: one dead letter, though three stages read the topic
             send("garbage", topics.predictions, b"garbage", b"not avro")
+            send("garbage_feedback", topics.feedback, b"garbage-fb", b"not avro either")
+            send("garbage_example", topics.labeled_examples, b"garbage-ex", b"\x00\x00\x00\x00\x07")
             # 5. a shadow-role prediction on predictions: invalid once; its feedback says why it is unmatched
             shadow_pid = str(uuid.uuid4())
             send("shadow_role", topics.predictions, shadow_pid,
@@ -92,7 +94,7 @@ def test_oversized_and_bad_records_get_one_dead_letter_each_and_the_worker_keeps
 
             out.wait(lambda c: c.of(ev.LABELED_EXAMPLE, prediction_id=p2), 60, "the fresh pair joined")
             try:
-                dls = out.wait(lambda c: len(c.of(ev.DEAD_LETTER)) >= 6 and c.of(ev.DEAD_LETTER), 60, "six dead letters")
+                dls = out.wait(lambda c: len(c.of(ev.DEAD_LETTER)) >= 8 and c.of(ev.DEAD_LETTER), 60, "eight dead letters")
             except TimeoutError:
                 print([(d.key[:40], d.value["error_type"], d.value["reason"][:200]) for d in out.of(ev.DEAD_LETTER)])
                 print(open(proc.log_path).read()[-6000:])
@@ -100,16 +102,19 @@ def test_oversized_and_bad_records_get_one_dead_letter_each_and_the_worker_keeps
             assert proc.poll() is None, "the worker must keep running"
 
             coords = [(d.value["source_topic"], d.value["source_partition"], d.value["source_offset"]) for d in dls]
-            assert len(coords) == len(set(coords)) == 6, [(d.value["error_type"], d.value["component"]) for d in dls]
+            assert len(coords) == len(set(coords)) == 8, [(d.value["error_type"], d.value["component"]) for d in dls]
             by_key = {d.key: d for d in dls if d.value["error_type"] != "unmatched_feedback"}
             for what, key, error_type in (("label_1_5mb", p1.encode(), "record_too_large"),
                                           ("undecodable_6mb", b"six-mb", "record_too_large"),
                                           ("wide_prediction", wide_pid.encode(), "record_too_large"),
                                           ("garbage", b"garbage", "undecodable"),
+                                          ("garbage_feedback", b"garbage-fb", "undecodable"),
+                                          ("garbage_example", b"garbage-ex", "unknown_schema"),
                                           ("shadow_role", shadow_pid.encode(), "invalid")):
                 d = by_key[key]
                 assert d.value["error_type"] == error_type, (what, d.value["reason"])
-                assert d.value["component"] == "processors.feedback_join", what
+                owner = "processors.drift" if what == "garbage_example" else "processors.feedback_join"
+                assert d.value["component"] == owner, what
                 assert d.value["source_topic"] == sent[what][0]
                 original = sent[what][2]
                 if error_type == "record_too_large":
@@ -137,7 +142,7 @@ def test_oversized_and_bad_records_get_one_dead_letter_each_and_the_worker_keeps
             client.flush()
             out.wait(lambda c: c.of(ev.LABELED_EXAMPLE, prediction_id=p3), 60, "a pair joined after the restart")
             assert proc.poll() is None
-        assert len(out.of(ev.DEAD_LETTER)) == 6
+        assert len(out.of(ev.DEAD_LETTER)) == 8
 
 
 def test_a_dead_letter_always_fits_and_a_producer_refuses_oversized_records(settings, topics):

@@ -111,3 +111,40 @@ def test_feedback_join_end_to_end(settings, topics):
         assert by_pid[pids[1]] == "b" and by_pid[pids[0]] == "a"   # the correction is the latest
         assert off not in by_pid
         assert all(e.key.decode() == e.value["prediction_id"] for e in examples)
+
+
+def test_a_resent_event_is_recognised_by_its_id():
+    """An app that re-sends what DeliveryError reported lost (same event, new offset) makes no duplicate:
+    a prediction id seen before is ignored (``repeated``, not counted again), a feedback event id already
+    joined is a duplicate (no new labeled example), a parked one is parked once."""
+    state = {}
+    j = FeedbackJoiner(state, _store(state))
+    pred = _pred("p1")
+    assert not j.on_prediction("p1", pred, ["predictions", 0, 0], 10).repeated
+    again = j.on_prediction("p1", pred, ["predictions", 0, 7], 11)
+    assert again.repeated and again.examples == []
+    fb = _fb("p1", "b")
+    assert len(j.on_feedback("p1", fb, ["feedback", 0, 0], 12).examples) == 1
+    r = j.on_feedback("p1", fb, ["feedback", 0, 9], 13)          # the same event id at another offset
+    assert (r.duplicates, r.new_reviews, r.examples) == (1, 0, [])
+    late = _fb("p2", "a")
+    j.on_feedback("p2", late, ["feedback", 1, 0], 14)
+    j.on_feedback("p2", late, ["feedback", 1, 5], 15)           # re-sent while parked
+    assert len(state["p2"]["q"]) == 1
+    r = j.on_prediction("p2", _pred("p2"), ["predictions", 1, 0], 16)
+    assert (r.new_reviews, len(r.examples)) == (1, 1)
+
+
+def test_rejected_prediction_makes_its_feedback_unmatched_at_once_saying_why():
+    state = {}
+    j = FeedbackJoiner(state, _store(state))
+    parked = _fb("p1", "a")
+    j.on_feedback("p1", parked, ["feedback", 0, 0], 10)           # feedback first, parked
+    r = j.on_rejected_prediction("p1", "invalid: role shadow does not belong on predictions", 0, 11)
+    assert [(pid, fb["event_id"]) for pid, fb in r.dead_letters] == [("p1", parked["event_id"])]
+    assert "was dead-lettered (invalid: role shadow" in r.dead_letters[0][1]["why"]
+    r = j.on_feedback("p1", _fb("p1", "b"), ["feedback", 0, 1], 12)  # later feedback: at once
+    assert len(r.dead_letters) == 1 and r.examples == []
+    assert j.expire(13, join_ttl_ms=100, park_ttl_ms=10**9).dead_letters == [] and "p1" in state
+    j.expire(200, join_ttl_ms=100, park_ttl_ms=10**9)               # forgotten after the join TTL
+    assert "p1" not in state
