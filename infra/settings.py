@@ -44,6 +44,9 @@ class Settings:
     """Events buffered in the SDK before log calls block (back-pressure)."""
     producer_block_timeout_s: float = 30.0
     """How long a log call blocks on a full buffer before raising."""
+    producer_delivery_timeout_ms: int = 300_000
+    """How long a producer keeps retrying an event (librdkafka message.timeout.ms) before it reports it lost in
+    DeliveryError.lost; until then an unacknowledged event is in flight (DeliveryError.in_flight), not lost."""
     producer_partitioner: str = "consistent_random"
     """librdkafka partitioner of keyed events. consistent_random: CRC32 of the key (librdkafka's default);
     murmur2_random: Kafka's Java default, needed when Java/aiokafka/franz-go producers write the
@@ -208,6 +211,7 @@ class Settings:
             "partitioner": self.producer_partitioner,
             "log.connection.close": False,
             "message.max.bytes": self.max_message_bytes,
+            "message.timeout.ms": self.producer_delivery_timeout_ms,
         }
         config.update(extra)
         return config

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import dataclass
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
@@ -14,13 +15,50 @@ from streams.serde import Serde
 log = logging.getLogger(__name__)
 
 
-class DeliveryError(RuntimeError):
-    """Some events were not delivered; raised by flush()/close()."""
+MAYBE_WRITTEN = (KafkaError._MSG_TIMED_OUT, KafkaError._PURGE_INFLIGHT)
+"""Failures after which the broker may still have written the event (a request sent and not answered)."""
 
-    def __init__(self, failures: list[str], count: int):
-        super().__init__(f"{count} event(s) failed delivery; first: {failures[:3]}")
-        self.failures = failures
-        self.count = count
+
+@dataclass(frozen=True)
+class LostEvent:
+    """An event the client gave up on: ``topic``, ``key`` and ``value`` (the encoded bytes, to re-send
+    as they are), ``event_id`` (None when the value is not a ctloop event), ``error`` (librdkafka's
+    reason) and ``maybe_written`` (True after a timeout of a sent request: the broker may have it)."""
+    topic: str
+    key: bytes | None
+    value: bytes
+    event_id: str | None
+    error: str
+    maybe_written: bool
+
+
+class DeliveryError(RuntimeError):
+    """Raised by flush()/close() when not every event is known delivered.
+
+    * ``lost``: the events the client gave up on (after ``message.timeout.ms`` =
+      Settings.producer_delivery_timeout_ms, a permanent broker error, or purged unsent at close), each a
+      :class:`LostEvent`; ``count`` is their number (``lost`` keeps the first 100 000). Re-send them
+      (``EventProducer.resend(err.lost)``): consumers deduplicate by event id, so one that was written
+      after all (``maybe_written``) is not counted twice.
+    * ``in_flight``: events still queued or awaiting the broker's answer when flush's timeout passed.
+      They are NOT lost: the client keeps retrying them until the delivery timeout; call flush() again
+      (it reports them as delivered or lost). Do not re-send them.
+    ``failures`` ("topic: error" strings) is kept for older callers."""
+
+    def __init__(self, lost: list[LostEvent], in_flight: int = 0, count: int | None = None):
+        self.lost = list(lost)
+        self.count = len(self.lost) if count is None else count
+        self.in_flight = in_flight
+        self.failures = [f"{e.topic}: {e.error}" for e in self.lost]
+        parts = []
+        if self.count:
+            errors = sorted({e.error for e in self.lost})
+            parts.append(f"{self.count} event(s) lost (not delivered: {'; '.join(errors[:3])}); re-send them "
+                         "(err.lost; consumers deduplicate by event id)")
+        if in_flight:
+            parts.append(f"{in_flight} event(s) still in flight, not lost: being retried until the delivery "
+                         "timeout; call flush() again, do not re-send them")
+        super().__init__("; ".join(parts) or "delivery incomplete")
 
 
 class BackPressureTimeout(RuntimeError):
@@ -47,7 +85,7 @@ class EventProducer:
         self.produced = 0
         self.failed = 0
         self._failed_total = 0
-        self._failures: list[str] = []
+        self._lost: list[LostEvent] = []
         self._lock = threading.Lock()
         self._closed = False
 
@@ -59,11 +97,18 @@ class EventProducer:
     def _on_delivery(self, err, msg) -> None:
         if err is None:
             return
+        value = msg.value() or b""
+        try:
+            event_id = self.serde.decode(value).value.get("event_id")
+        except Exception:  # noqa: BLE001 - not a ctloop event: still reported, without an id
+            event_id = None
+        lost = LostEvent(msg.topic(), msg.key(), value, event_id, err.str() if hasattr(err, "str") else str(err),
+                         err.code() in MAYBE_WRITTEN)
         with self._lock:
             self.failed += 1
             self._failed_total += 1
-            if len(self._failures) < 100:
-                self._failures.append(f"{msg.topic()}: {err.str() if hasattr(err, 'str') else err}")
+            if len(self._lost) < 100_000:
+                self._lost.append(lost)
 
     def produce(self, topic: str, event_type: str, record: dict, key: str | bytes | None = None, headers=None) -> None:
         value = self.serde.encode(event_type, record, topic)
@@ -108,21 +153,36 @@ class EventProducer:
         return self._producer.poll(timeout)
 
     def flush(self, timeout_s: float = 30.0) -> None:
-        """Wait for every buffered event; raise DeliveryError if any failed since the last flush."""
+        """Wait up to ``timeout_s`` for every buffered event. Raise DeliveryError naming the events lost
+        since the last flush (``lost``) and counting those still in flight at the deadline (``in_flight``:
+        still being retried, reported by a later flush)."""
         remaining = self._producer.flush(timeout_s)
-        if remaining:
-            raise DeliveryError([f"{remaining} event(s) still undelivered after {timeout_s}s"], remaining)
+        self._raise_undelivered(remaining)
+
+    def _raise_undelivered(self, in_flight: int) -> None:
         with self._lock:
-            failures, count = self._failures, self.failed
-            self._failures, self.failed = [], 0
-        if count:
-            raise DeliveryError(failures, count)
+            lost, count = self._lost, self.failed
+            self._lost, self.failed = [], 0
+        if count or in_flight:
+            raise DeliveryError(lost, in_flight, count)
+
+    def resend(self, lost: list[LostEvent]) -> None:
+        """Produce lost events again, byte for byte (the same event ids)."""
+        for event in lost:
+            self.produce_raw(event.topic, event.value, event.key)
 
     def close(self, timeout_s: float = 30.0) -> None:
+        """Flush up to ``timeout_s``, then give up on what is left: events never sent are purged and
+        reported lost, events awaiting an answer are reported lost with ``maybe_written``. Raises
+        DeliveryError when not every event is known delivered."""
         if self._closed:
             return
         try:
-            self.flush(timeout_s)
+            remaining = self._producer.flush(timeout_s)
+            if remaining:
+                self._producer.purge(in_queue=True, in_flight=True, blocking=False)
+                self._producer.flush(min(5.0, timeout_s))   # serves the purged events' delivery reports
+            self._raise_undelivered(0)
         finally:
             self._closed = True
 

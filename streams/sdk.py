@@ -268,7 +268,9 @@ class CtloopClient:
 
     # -- lifecycle ------------------------------------------------------------------------------
     def flush(self, timeout_s: float = 30.0) -> None:
-        """Wait until every logged event is delivered; raise DeliveryError if any failed."""
+        """Wait up to ``timeout_s`` for every logged event. Raises streams.producer.DeliveryError: ``lost``
+        names the events given up on (re-send them: ``client.producer.resend(err.lost)``), ``in_flight``
+        counts those still being retried (not lost: flush again, do not re-send)."""
         self.producer.flush(timeout_s)
 
     def close(self, timeout_s: float = 30.0) -> None:
