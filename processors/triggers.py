@@ -31,6 +31,7 @@ from processors.snapshot import labeled_examples_snapshot, trigger_record
 from processors.trigger_policy import TriggerPolicy, trigger_id_for
 from streams import catalog as ev
 from streams.consumer import end_offset_consumer
+from streams.record_size import json_batches
 from streams.serde import now_ms
 
 log = logging.getLogger(__name__)
@@ -167,8 +168,10 @@ def register(app, ctx) -> None:
                     by_dep.setdefault(value["deployment"], []).append(
                         [value["label"], value.get("predicted_label"), value["model_version"]])
             for dep, pairs in by_dep.items():
-                for i in range(0, len(pairs), 5000):   # well under a message's 1 MB
-                    ctx.producer.produce_raw(pairs_topic, json.dumps({"pairs": pairs[i:i + 5000]}).encode(), key=dep)
+                # batches sized to max_message_bytes (labels can be long); a pair over it alone is not counted
+                for raw, _ in json_batches(pairs, settings.max_message_bytes, field="pairs", key=dep,
+                                           what="a performance pair", on_oversize=lambda _p, exc: log.error("%s", exc)):
+                    ctx.producer.produce_raw(pairs_topic, raw, key=dep)
             if by_dep:
                 await loop.run_in_executor(None, ctx.producer.flush)   # durable before the batch is acked
 
