@@ -82,7 +82,7 @@ def register(app, ctx) -> None:
             _topic_key, partition, offset = fb["src"]
             record = ctx.serde.encode(ev.FEEDBACK_RECEIVED, _feedback_record(pid, fb), topics.feedback)
             dead_letter(ctx, topic=topics.feedback, partition=partition, offset=offset, key=pid, value=record,
-                        error_type="unmatched_feedback", component=COMPONENT, reason=fb["why"])
+                        error_type="unmatched_feedback", component=COMPONENT, reason=fb["why"], flush=False)
 
     def rejected_prediction(msg, reason: str, decoded_value: dict | None) -> None:
         """A prediction dead-lettered by this stage: its feedback is unmatched, saying why."""
@@ -102,7 +102,8 @@ def register(app, ctx) -> None:
 
     def handle(event) -> None:
         msg = event.message
-        decoded = decode_message(ctx, msg, COMPONENT, on_reject=lambda exc: on_reject(msg, exc))
+        # dead letters are flushed with the batch's outputs, before the batch is acknowledged
+        decoded = decode_message(ctx, msg, COMPONENT, on_reject=lambda exc: on_reject(msg, exc), flush=False)
         topic_key = "predictions" if msg.topic == topics.predictions else "feedback"
         events_in.labels(topic_key).inc()
         if decoded is None:
@@ -174,7 +175,7 @@ def register(app, ctx) -> None:
                     log.warning("feedback join failed on %s[%d]@%d: %s", event.message.topic,
                                 event.message.partition, event.message.offset, exc,
                                 exc_info=not isinstance(exc, RecordTooLarge))
-                    dead_letter_failure(ctx, event.message, exc, COMPONENT)
+                    dead_letter_failure(ctx, event.message, exc, COMPONENT, flush=False)
             persist()                                             # one changelog record per key and batch
             send_partials(ctx, counters)                          # changed counts -> the deployments' owners
             await loop.run_in_executor(None, ctx.producer.flush)  # outputs durable before the batch is acked
@@ -191,7 +192,7 @@ def register(app, ctx) -> None:
                 topic_key, partition, offset = fb["src"]
                 record = ctx.serde.encode(ev.FEEDBACK_RECEIVED, _feedback_record(pid, fb), topics.feedback)
                 dead_letter(ctx, topic=topics.name(topic_key), partition=partition, offset=offset, key=pid,
-                            value=record, error_type="unmatched_feedback", component=COMPONENT,
+                            value=record, error_type="unmatched_feedback", component=COMPONENT, flush=False,
                             reason=(f"no prediction {pid} for deployment {fb['deployment']!r} within "
                                     f"feedback_park_ttl_s={settings.feedback_park_ttl_s:g}s"))
                 counters.count(fb["deployment"], "expired", partition, None, feedback_dead_lettered=1)
