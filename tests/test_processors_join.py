@@ -148,3 +148,35 @@ def test_rejected_prediction_makes_its_feedback_unmatched_at_once_saying_why():
     assert j.expire(13, join_ttl_ms=100, park_ttl_ms=10**9).dead_letters == [] and "p1" in state
     j.expire(200, join_ttl_ms=100, park_ttl_ms=10**9)               # forgotten after the join TTL
     assert "p1" not in state
+
+
+def test_resent_events_make_no_second_labeled_example_over_the_broker(settings, topics):
+    """What an app does with DeliveryError.lost (re-send byte for byte) is safe even for events that were
+    delivered after all: the worker joins them once and counts the prediction once."""
+    from streams.consumer import read_to_end
+
+    settings = settings.replace(stats_min_interval_s=0.1)
+    dep = "resend-dep"
+    with CtloopClient(settings) as client:
+        client.setup_feedback_loop(dep, model_name="m")
+    with running_processors(settings, stages=["processors.feedback_join"], timeout_s=60), \
+            CtloopClient(settings) as client, \
+            Collector(settings, topics.labeled_examples, topics.feedback_stats) as out:
+        pid = client.log_prediction(dep, {"x": 1.0}, label="a", model_version="1")
+        client.log_feedback(pid, dep, label="b")
+        client.flush()
+        out.wait(lambda c: c.of(ev.LABELED_EXAMPLE, prediction_id=pid), 30, "the first join")
+        sent = [e for t in (topics.predictions, topics.feedback) for e in read_to_end(settings, t)]
+        for e in sent:                                    # the app re-sends both, same bytes, same event ids
+            client.producer.produce(e.topic, e.event_type, e.value, key=e.key)
+        fresh = client.log_prediction(dep, {"x": 2.0}, label="a", model_version="1")
+        client.log_feedback(fresh, dep, label="a")
+        client.flush()
+        out.wait(lambda c: c.of(ev.LABELED_EXAMPLE, prediction_id=fresh), 30, "a later pair joined")
+
+        def settled(c):
+            stats = c.of(ev.FEEDBACK_LOOP_STATS, deployment=dep)
+            return stats and stats[-1].value["feedback_received"] == 3 and stats[-1]
+        stats = out.wait(settled, 30, "stats counting the re-sent feedback record").value
+        assert len(out.of(ev.LABELED_EXAMPLE, prediction_id=pid)) == 1
+        assert (stats["predictions_logged"], stats["reviewed"], stats["added_to_training"]) == (2, 2, 2)
