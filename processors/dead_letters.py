@@ -60,7 +60,7 @@ def decode_message(ctx, message, component: str, *, validate: bool = True, on_re
     try:
         decoded = decode_checked(ctx.serde, ctx.topics, message.topic, message.value, validate=validate,
                                  key=message.key, max_bytes=ctx.settings.max_message_bytes,
-                                 record_time_ms=int(message.timestamp * 1000) if message.timestamp else None,
+                                 record_time_ms=round(message.timestamp * 1000) if message.timestamp else None,
                                  event_time_bounds=(ctx.settings.event_time_max_past_s,
                                                     ctx.settings.event_time_max_future_s))
     except Rejected as exc:

@@ -196,3 +196,33 @@ def test_serving_blames_the_request_for_big_numbers_and_the_model_for_nan_output
         with pytest.raises(ModelOutputError) as err:
             poisoned.predict({"x": 1.0, "y": 0.0})
         assert err.value.field.startswith("probabilities") and "model version v1" in str(err.value)
+
+
+def test_processor_stage_dead_letters_a_skewed_event_time(settings, topics):
+    """The faust path (processors/dead_letters.decode_message, faust's timestamp in seconds): the feedback
+    join, owner of predictions, dead-letters a foreign prediction whose event_time is three days behind
+    its record's timestamp, and joins the good one."""
+    from confluent_kafka import Producer
+
+    from streams.serde import Serde
+    from tests.helpers.collect import Collector
+    from tests.helpers.processes import running_processors
+    from streams.sdk import CtloopClient
+
+    with CtloopClient(settings) as client:
+        client.setup_feedback_loop("d", model_name="m")
+    serde, now = Serde(), time.time_ns() // 1_000_000
+    with running_processors(settings, stages=["processors.feedback_join"], timeout_s=60), \
+            Collector(settings, topics.dead_letters, topics.labeled_examples) as out:
+        producer = Producer({"bootstrap.servers": settings.bootstrap_servers})
+        for value in (prediction(event_time=now - 3 * 86400_000, prediction_id="old"),
+                      prediction(event_time=now, prediction_id="good")):
+            producer.produce(topics.predictions, serde.encode(ev.PREDICTION_LOGGED, value),
+                             key=value["prediction_id"].encode())
+        producer.produce(topics.feedback, serde.encode(ev.FEEDBACK_RECEIVED, feedback(prediction_id="good",
+                                                                                     event_time=now)), key=b"good")
+        assert producer.flush(10) == 0
+        letters = out.wait(lambda c: c.of(ev.DEAD_LETTER, error_type="invalid"), 45, "the skewed prediction's dead letter")
+        out.wait(lambda c: c.of(ev.LABELED_EXAMPLE, prediction_id="good"), 45, "the good prediction joined")
+    assert [d.key for d in letters] == [b"old"]
+    assert "event_time" in letters[0].value["reason"] and "Kafka timestamp" in letters[0].value["reason"]
