@@ -107,7 +107,8 @@ class Serde:
         schema, enc = self._encoder(event_type)
         try:
             return enc(record)
-        except (TypeError, ValueError, KeyError, AttributeError, struct.error) as exc:
+        except (TypeError, ValueError, KeyError, AttributeError, OverflowError, struct.error) as exc:
+            # OverflowError: a number beyond an Avro float (|x| > 3.4e38), or an int beyond a double
             raise EncodeError(f"{event_type}: {_describe(schema, record, exc)}") from None
 
     def encode(self, event_type: str, record: dict, topic: str | None = None) -> bytes:

@@ -156,6 +156,18 @@ def test_encode_error_names_the_field():
         assert field in str(err.value), str(err.value)
 
 
+def test_encoder_failures_are_encode_errors_never_bare_exceptions():
+    """An int beyond a double (OverflowError inside struct.pack) and a lone surrogate (UnicodeEncodeError)
+    used to escape Serde.encode as other exception types."""
+    serde = Serde()
+    record = new_event(ev.PREDICTION_LOGGED, prediction_id="p", deployment="d", model_name="m", model_version="1",
+                       role="primary", features={"a": 1.0}, label="yes")
+    for field, bad in (("features", {"a": 10**400}), ("features", {"a\udcff": 1.0}), ("deployment", "d\udcff"),
+                       ("label", "\ud800"), ("latency_ms", 10**400)):
+        with pytest.raises(EncodeError):
+            serde.encode(ev.PREDICTION_LOGGED, {**record, field: bad})
+
+
 # -- the documented example is the real encoding ------------------------------------------------------------
 def _doc_example():
     text = (DOCS / "WIRE_FORMAT.md").read_text()
