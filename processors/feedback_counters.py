@@ -57,6 +57,10 @@ class FeedbackCounters:
         record = dict(record) if record else {"off": -1, **{f: 0 for f in FIELDS}}
         if offset is not None:
             if offset <= record["off"]:
+                # a replay: the record may be durable while the partial carrying it was lost in the crash,
+                # so send it again (partials are idempotent)
+                if key in self.table:
+                    self._touched[key] = record
                 return False
             record["off"] = offset
         for name, n in increments.items():

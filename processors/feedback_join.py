@@ -177,8 +177,9 @@ def register(app, ctx) -> None:
                                 exc_info=not isinstance(exc, RecordTooLarge))
                     dead_letter_failure(ctx, event.message, exc, COMPONENT, flush=False)
             persist()                                             # one changelog record per key and batch
-            send_partials(ctx, counters)                          # changed counts -> the deployments' owners
             await loop.run_in_executor(None, ctx.producer.flush)  # outputs durable before the batch is acked
+            if send_partials(ctx, counters):                      # then the counts covering them -> owners (stats
+                await loop.run_in_executor(None, ctx.producer.flush)  # never count an example not yet durable)
             batch_seconds.observe(time.perf_counter() - started)
 
     @app.timer(min(settings.join_sweep_interval_s, max(0.02, settings.stats_min_interval_s / 4)))

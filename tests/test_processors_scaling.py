@@ -164,3 +164,17 @@ def test_rows_of_revoked_partitions_are_forgotten_without_changelog_writes():
     counts = {"d|predictions|0": {}, "d|feedback|2": {}, "d|expired|2": {}}
     assert forget_unassigned(counts, {0}, lambda k, _v: int(k.rsplit("|", 1)[1])) == 2
     assert set(counts) == {"d|predictions|0"}
+
+
+def test_changed_records_are_drained_per_deployment_and_a_replay_sends_its_record_again():
+    from processors.feedback_counters import FeedbackCounters
+
+    c = FeedbackCounters()
+    c.count("d", "predictions", 0, 5, predictions_logged=1)
+    c.count("e", "feedback", 1, 2, feedback_received=1)
+    drained = c.drain_touched()
+    assert set(drained) == {"d", "e"} and drained["d"]["d|predictions|0"]["off"] == 5
+    assert c.drain_touched() == {}
+    # a replay after a crash counts nothing but re-sends the record: the partial may have been lost
+    assert not c.count("d", "predictions", 0, 5, predictions_logged=1)
+    assert c.drain_touched() == {"d": {"d|predictions|0": {**drained["d"]["d|predictions|0"]}}}
