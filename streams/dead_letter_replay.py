@@ -159,8 +159,7 @@ def replay_dead_letters(settings, *, source_topic: str | None = None, error_type
     if source_topic:
         wanted_topic = source_topic if topics.spec_of(source_topic) is not None else topics.name(source_topic)
     error_types = set(error_types or ())
-    ensure_ledger_topic(settings, timeout_s)
-    ledger = read_ledger(settings, timeout_s)
+    ledger = read_ledger(settings, timeout_s)   # {} while the ledger topic does not exist
     report = ReplayReport(dry_run=dry_run)
     candidates = []
     dead_letters = sorted(read_dead_letters(settings, timeout_s=timeout_s),   # replayed in source order
@@ -202,6 +201,7 @@ def replay_dead_letters(settings, *, source_topic: str | None = None, error_type
         if err is None:
             delivered[key] = [msg.partition(), msg.offset()]
 
+    ensure_ledger_topic(settings, timeout_s)
     # a plain producer with delivery reports for every record: where each replay landed goes in the ledger
     producer = Producer(settings.producer_config())
     for dl, _item in candidates:
