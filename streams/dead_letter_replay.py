@@ -153,7 +153,8 @@ def replay_dead_letters(settings, *, source_topic: str | None = None, error_type
 
     Filters: ``source_topic`` (a key such as ``feedback`` or a full name), ``error_types`` (any of),
     ``partition`` (source partition), ``from_offset``/``to_offset`` (source offsets, inclusive).
-    ``dry_run``: report what would be replayed, send nothing. Raises ValueError for an unknown topic."""
+    ``dry_run``: report what would be replayed, send nothing, create nothing. Raises KeyError for an
+    unknown ``source_topic``; TimeoutError when the ledger cannot be written (run it again)."""
     topics = Topics.from_settings(settings)
     wanted_topic = None
     if source_topic:
