@@ -144,7 +144,7 @@ def test_foreign_producer_skewed_event_time_is_dead_lettered_invalid(settings, t
     """Over the embedded broker: another producer (not the SDK) writes a prediction whose event_time is
     three days behind, and a feedback an hour ahead, of the record's timestamp (librdkafka's CreateTime:
     the producer's clock at produce). The consumer dead-letters both as invalid naming event_time and
-    passes the good one."""
+    passes the good one; a feature of 1e39 is dead-lettered invalid naming features['x']."""
     from confluent_kafka import Producer
 
     from streams.consumer import EventConsumer, read_to_end
@@ -156,7 +156,9 @@ def test_foreign_producer_skewed_event_time_is_dead_lettered_invalid(settings, t
     producer = Producer({"bootstrap.servers": settings.bootstrap_servers})
     records = [(topics.predictions, ev.PREDICTION_LOGGED, prediction(event_time=now - 3 * 86400_000, prediction_id="old")),
                (topics.feedback, ev.FEEDBACK_RECEIVED, feedback(event_time=now + 3600_000, prediction_id="ahead")),
-               (topics.predictions, ev.PREDICTION_LOGGED, prediction(event_time=now, prediction_id="good"))]
+               (topics.predictions, ev.PREDICTION_LOGGED, prediction(event_time=now, prediction_id="good")),
+               (topics.predictions, ev.PREDICTION_LOGGED, prediction(event_time=now, prediction_id="big",
+                                                                     features={"x": 1e39}))]
     for topic, event_type, value in records:
         producer.produce(topic, serde.encode(event_type, value), key=value["prediction_id"].encode())
     assert producer.flush(10) == 0
@@ -164,14 +166,14 @@ def test_foreign_producer_skewed_event_time_is_dead_lettered_invalid(settings, t
     with EventConsumer(settings, settings.topic_prefix + "edge", [topics.predictions, topics.feedback]) as consumer:
         def done():
             seen.extend(consumer.poll_batch(100, 0.2))
-            return consumer.dead_lettered == 2 and len(seen) == 1
-        wait_for(done, 30, "two dead letters and one event")
+            return consumer.dead_lettered == 3 and len(seen) == 1
+        wait_for(done, 30, "three dead letters and one event")
         consumer.commit()
     assert seen[0].value["prediction_id"] == "good"
     letters = {e.value["key"]: e.value for e in read_to_end(settings, topics.dead_letters)}
-    assert set(letters) == {b"old", b"ahead"}
-    for letter in letters.values():
-        assert letter["error_type"] == "invalid" and "event_time" in letter["reason"]
+    assert set(letters) == {b"old", b"ahead", b"big"}
+    assert all(letter["error_type"] == "invalid" for letter in letters.values())
+    assert "features['x']" in letters[b"big"]["reason"] and "float32" in letters[b"big"]["reason"]
     assert "before the record's Kafka timestamp" in letters[b"old"]["reason"]
     assert "after the record's Kafka timestamp" in letters[b"ahead"]["reason"]
 
