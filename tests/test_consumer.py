@@ -147,6 +147,45 @@ def test_handler_errors_are_dead_lettered_and_the_rest_committed(settings, topic
         assert [e.value["features"]["x"] for e in events] == [99.0]
 
 
+def test_oversized_records_and_writes_get_one_fitting_dead_letter_each(settings, topics):
+    """EventConsumer (trainers, sink) under a small limit: a record over it is dead-lettered (truncated,
+    record_too_large) and one whose handler's write is over it too (RecordTooLarge from the producer);
+    both are committed and the next record is handled. Refused records of a topic the consumer does not
+    own are skipped, not dead-lettered."""
+    from streams.producer import EventProducer
+    from streams.record_size import RECORD_OVERHEAD_BYTES
+
+    small = settings.replace(max_message_bytes=20_000)
+    serde = Serde()
+    producer = raw_producer(settings)
+    producer.produce(topics.predictions, b"\x00" + b"g" * 30_000, b"huge")                  # over the limit
+    wide = serde.encode(ev.PREDICTION_LOGGED, prediction(prediction_id="wide", features={"x": 1.0}))
+    producer.produce(topics.predictions, wide, b"wide")
+    producer.produce(topics.predictions, serde.encode(ev.PREDICTION_LOGGED, prediction(prediction_id="ok")), b"ok")
+    producer.produce(topics.feedback, b"junk", b"not-mine")                                  # not owned: skipped
+    assert producer.flush(10) == 0
+    handled = []
+    group = settings.topic_prefix + "small"
+    with EventProducer(small) as out, EventConsumer(small, group, [topics.predictions, topics.feedback],
+                                                     dead_letter_topics=[topics.predictions]) as consumer:
+        def handler(event):
+            if event.value["prediction_id"] == "wide":   # an output over the limit
+                out.produce_raw(topics.labeled_examples, b"o" * 25_000, b"wide")
+            handled.append(event.value["prediction_id"])
+
+        deadline = time.monotonic() + 30
+        consumer.run(handler, stop=lambda: "ok" in handled and consumer.dead_lettered == 2 and consumer.skipped == 1
+                     or time.monotonic() > deadline)
+        assert (consumer.dead_lettered, consumer.skipped, handled) == (2, 1, ["ok"])
+    letters = {m.key(): (m, serde.decode(m.value()).value) for m in read_raw(settings, topics.dead_letters, 2)}
+    msg, huge = letters[b"huge"]
+    assert huge["error_type"] == "record_too_large" and dict(msg.headers())["ctloop-truncated"] == b"true"
+    assert len(msg.value()) + RECORD_OVERHEAD_BYTES <= 20_000 and huge["source_topic"] == topics.predictions
+    _, wide_letter = letters[b"wide"]
+    assert wide_letter["error_type"] == "record_too_large" and "is 25004 bytes" in wide_letter["reason"]
+    assert wide_letter["value"] == wide                                                       # fits: whole
+
+
 CRASHING_CONSUMER = """
 import sys
 from infra.settings import Settings
