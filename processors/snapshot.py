@@ -24,11 +24,17 @@ def labeled_examples_snapshot(settings, consumer: Consumer | None = None, timeou
 
 
 def trigger_record(settings, deployment: str, reason: str, evidence: dict, snapshot: list[dict], *,
-                   training_mode: str = "full", requested_by: str | None = None, trigger_id: str | None = None) -> dict:
-    """A TrainingTriggered record. ``trigger_id``: the idempotent id of an automatic trigger
-    (processors.trigger_policy.trigger_id_for); None: a fresh random UUID (manual triggers)."""
-    return new_event(ev.TRAINING_TRIGGERED, trigger_id=trigger_id or str(uuid.uuid4()), deployment=deployment,
-                     reason=reason,
+                   training_mode: str = "full", requested_by: str | None = None,
+                   idempotency_key: str | None = None) -> dict:
+    """A TrainingTriggered record. ``idempotency_key`` (automatic triggers,
+    ``TriggerPolicy.idempotency_key``): the trigger_id is its UUID5
+    (processors.trigger_policy.trigger_id_for), so equal decisions have equal ids; None: a fresh random
+    trigger_id (manual triggers)."""
+    from processors.trigger_policy import trigger_id_for
+
+    return new_event(ev.TRAINING_TRIGGERED,
+                     trigger_id=trigger_id_for(idempotency_key) if idempotency_key else str(uuid.uuid4()),
+                     idempotency_key=idempotency_key, deployment=deployment, reason=reason,
                      evidence={k: str(v) for k, v in evidence.items()},
                      snapshot_topic=Topics.from_settings(settings).labeled_examples, snapshot=snapshot,
                      training_mode=training_mode, requested_by=requested_by)

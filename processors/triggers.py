@@ -28,7 +28,7 @@ from processors.follower import LogFollower
 from processors.ownership import Ownership
 from processors.performance import PerformanceTracker
 from processors.snapshot import labeled_examples_snapshot, trigger_record
-from processors.trigger_policy import TriggerPolicy, trigger_id_for
+from processors.trigger_policy import TriggerPolicy
 from streams import catalog as ev
 from streams.consumer import end_offset_consumer
 from streams.record_size import json_batches
@@ -122,9 +122,8 @@ def register(app, ctx) -> None:
         started = time.perf_counter()
         await loop.run_in_executor(None, ctx.producer.flush)
         snapshot = await loop.run_in_executor(None, labeled_examples_snapshot, settings, consumer)
-        key = policy.idempotency_key(dep, reason)
         record = trigger_record(settings, dep, reason, evidence, snapshot, training_mode=s["training_mode"],
-                                trigger_id=trigger_id_for(key))
+                                idempotency_key=policy.idempotency_key(dep, reason))
         policy.reserve(dep, record["trigger_id"], now, added)
         outstanding_g.labels(dep).set(len(policy.outstanding.get(dep, {})))
         latency.observe(time.perf_counter() - started)

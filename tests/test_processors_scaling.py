@@ -151,6 +151,11 @@ def test_n_workers_publish_the_same_stats_and_triggers_as_one(settings, topics, 
     triggers = _triggers(out, dep)
     assert [t["reason"] for t in triggers] == ["review_threshold"] * PHASES
     assert len({t["trigger_id"] for t in triggers}) == PHASES
+    previous = "none"                          # each trigger's idempotency key names the one before it
+    for t in triggers:
+        assert t["idempotency_key"] == f"{dep}|review_threshold|after={previous}"
+        assert t["trigger_id"] == trigger_id_for(t["idempotency_key"])
+        previous = t["trigger_id"]
     assert [t["reason"] for t in _triggers(out, sched)] == ["schedule"] == [t["reason"] for t in scheduled]
     assert len(out.of(ev.DRIFT_MEASURED, deployment=dep)) == len(windows) == PREDICTIONS // WINDOW - 1
 
