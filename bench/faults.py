@@ -29,7 +29,8 @@ Usage: python bench/faults.py [--quick] [--only processor-kill ...] [--bound 90]
 (CTLOOP_BOOTSTRAP_SERVERS to use a cluster for all but broker-restart; else an embedded broker.)
 ``run(quick)`` gives bench/run.py the processor-kill figures only (the whole set takes minutes).
 """
-from __future__ import annotations
+# no `from __future__ import annotations`: bench/run.py loads this file without registering it in
+# sys.modules, and @dataclass cannot resolve string annotations then
 
 import argparse
 import contextlib
