@@ -2,13 +2,16 @@
 
 faust keeps a worker alive when its broker goes away, and against a broker that restarted empty (the
 embedded broker keeps data in memory) its consumers neither fail nor progress. :class:`BrokerWatch`
-probes the broker every few seconds from a thread (``list_topics``: the broker answers, and the
-topics this worker needs exist, the internal ones included, which only processor workers create).
+probes the broker every second from a thread (``describe_topics``: the broker answers, and the
+topics this worker needs exist, the internal ones included, with the topic ids they had at start: a
+broker that restarted empty has none, or new ones when a producer auto-created them).
 It reports ``/healthz`` (through :meth:`infra.metrics.Metrics.set_health`) and the gauges
 ``ctloop_processor_last_progress_seconds`` (Unix time of the last good probe) and
-``ctloop_processor_healthy``; after ``processor_stall_timeout_s`` without a good probe it calls
-``on_stall`` (the worker exits with :data:`EXIT_BROKER_LOST` so that its supervisor restarts it: a
-new process recreates its topics and starts from what the broker has).
+``ctloop_processor_healthy``. When its topics are gone or recreated it calls ``on_stall`` at once (the
+worker exits with :data:`EXIT_BROKER_LOST` so that its supervisor restarts it: a new process recreates
+its topics and starts from what the broker has), before it writes stale state and offsets into the new
+broker (changelog records it wrote there made the next worker's table recovery hang); after
+``processor_stall_timeout_s`` without any good probe (broker unreachable) too.
 """
 from __future__ import annotations
 
@@ -23,35 +26,83 @@ EXIT_BROKER_LOST = 75
 """Exit code of a worker that lost its broker or its topics (EX_TEMPFAIL: restart it)."""
 
 
-def broker_check(bootstrap_servers: str, required_topics: Iterable[str], timeout_s: float = 3.0) -> Callable[[], str | None]:
-    """A probe: None when the broker answers within ``timeout_s`` and every topic of
-    ``required_topics`` exists, else the problem in words."""
-    from confluent_kafka.admin import AdminClient
+class Problem(str):
+    """A failed probe, in words. ``lost``: conclusive, the broker answers but this worker's topics are
+    gone or were recreated (a broker that restarted empty): waiting cannot help."""
+    lost: bool = False
 
-    admin = AdminClient({"bootstrap.servers": bootstrap_servers, "log.connection.close": False,
-                         "socket.connection.setup.timeout.ms": max(1000, int(timeout_s * 1000))})
-    required = sorted(set(required_topics))
+    @classmethod
+    def of(cls, text: str, lost: bool = False) -> "Problem":
+        p = cls(text)
+        p.lost = lost
+        return p
 
-    def check() -> str | None:
+
+class BrokerCheck:
+    """``check()`` -> None when the broker answers within ``timeout_s`` and every topic of
+    ``required_topics`` exists with the topic id it had at the first good probe (ids: Kafka topic
+    ids, new for a recreated topic, e.g. auto-created on a restarted empty broker by a producer), else
+    a :class:`Problem`: unreachable (not ``lost``), or topics missing / recreated (``lost``)."""
+
+    def __init__(self, bootstrap_servers: str, required_topics: Iterable[str], timeout_s: float = 3.0):
+        from confluent_kafka.admin import AdminClient
+
+        self.bootstrap_servers = bootstrap_servers
+        self.required = sorted(set(required_topics))
+        self.timeout_s = timeout_s
+        self.admin = AdminClient({"bootstrap.servers": bootstrap_servers, "log.connection.close": False,
+                                  "socket.connection.setup.timeout.ms": max(1000, int(timeout_s * 1000))})
+        self.ids: dict[str, str] | None = None
+
+    def _topic_ids(self) -> dict[str, str | None]:
+        from confluent_kafka import KafkaError, KafkaException, TopicCollection
+
+        out: dict[str, str | None] = {}
+        futures = self.admin.describe_topics(TopicCollection(self.required), request_timeout=self.timeout_s)
+        for name, fut in futures.items():
+            try:
+                out[name] = str(fut.result(self.timeout_s).topic_id)
+            except KafkaException as exc:
+                err = exc.args[0] if exc.args else None
+                if getattr(err, "code", lambda: None)() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                    out[name] = None
+                    continue
+                raise
+        return out
+
+    def __call__(self) -> Problem | None:
         try:
-            md = admin.list_topics(timeout=timeout_s)
+            ids = self._topic_ids()
         except Exception as exc:  # noqa: BLE001 - KafkaException (transport, timeout)
-            return f"broker {bootstrap_servers} unreachable: {exc}"
-        if not md.brokers:
-            return f"broker {bootstrap_servers}: no brokers in the metadata"
-        missing = [t for t in required if t not in md.topics or md.topics[t].error is not None]
+            return Problem.of(f"broker {self.bootstrap_servers} unreachable: {exc}")
+        missing = [t for t, i in ids.items() if i is None]
         if missing:
-            return f"topics missing on {bootstrap_servers} (restarted empty?): {', '.join(missing[:5])}" + (
-                f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            return Problem.of(f"topics missing on {self.bootstrap_servers} (restarted empty?): "
+                              f"{', '.join(missing[:5])}" + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""),
+                              lost=True)
+        if self.ids is None:
+            self.ids = ids
+            return None
+        recreated = [t for t, i in ids.items() if self.ids.get(t) != i]
+        if recreated:
+            return Problem.of(f"topics recreated on {self.bootstrap_servers} (new topic ids; restarted empty?): "
+                              f"{', '.join(recreated[:5])}" + (f" and {len(recreated) - 5} more"
+                                                              if len(recreated) > 5 else ""), lost=True)
         return None
 
+
+def broker_check(bootstrap_servers: str, required_topics: Iterable[str], timeout_s: float = 3.0) -> BrokerCheck:
+    """A :class:`BrokerCheck`, probed once now (when the broker answers) to record the topic ids."""
+    check = BrokerCheck(bootstrap_servers, required_topics, timeout_s)
+    check()
     return check
 
 
 class BrokerWatch:
     """Probe with ``check()`` (None: fine, else the problem) every ``interval_s``; unhealthy from the
-    first failed probe; ``on_stall(problem)`` once no probe succeeded for ``stall_timeout_s``
-    (0: never). ``clock``/``wall``: monotonic and Unix time (injectable for tests)."""
+    first failed probe; ``on_stall(problem)`` once no probe succeeded for ``stall_timeout_s``, or at
+    once when the problem is ``lost`` (a :class:`Problem` saying the topics are gone or recreated);
+    never when ``stall_timeout_s`` is 0. ``clock``/``wall``: monotonic and Unix time (injectable)."""
 
     def __init__(self, check: Callable[[], str | None], stall_timeout_s: float, on_stall: Callable[[str], None], *,
                  metrics=None, interval_s: float | None = None, clock=time.monotonic, wall=time.time):
@@ -61,7 +112,7 @@ class BrokerWatch:
         self.stall_timeout_s = stall_timeout_s
         self.on_stall = on_stall
         self.interval_s = interval_s if interval_s is not None else (
-            max(0.2, min(5.0, stall_timeout_s / 4)) if stall_timeout_s > 0 else 5.0)
+            max(0.2, min(1.0, stall_timeout_s / 4)) if stall_timeout_s > 0 else 1.0)
         self.clock, self.wall = clock, wall
         self.last_ok = clock()
         self.last_ok_wall = wall()
@@ -96,7 +147,8 @@ class BrokerWatch:
         self.problem = problem
         if self._healthy is not None:
             self._healthy.set(0)
-        if self.stall_timeout_s > 0 and not self.stalled and self.clock() - self.last_ok >= self.stall_timeout_s:
+        lost = getattr(problem, "lost", False)
+        if self.stall_timeout_s > 0 and not self.stalled and (lost or self.clock() - self.last_ok >= self.stall_timeout_s):
             self.stalled = True
             self.on_stall(problem)
         return problem

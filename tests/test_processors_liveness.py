@@ -55,6 +55,39 @@ def test_watch_is_unhealthy_at_the_first_failed_probe_and_stalls_after_the_timeo
         BrokerWatch(lambda: None, -1, stalls.append)
 
 
+def test_lost_topics_stall_at_once_and_a_zero_timeout_never_stalls():
+    from processors.liveness import Problem
+
+    stalls = []
+    lost = Problem.of("topics recreated", lost=True)
+    w = BrokerWatch(lambda: lost, 60.0, stalls.append, clock=lambda: 0.0)
+    w.probe()
+    assert stalls == [lost] and not w.health()[0]             # conclusive: no waiting for the timeout
+    never = BrokerWatch(lambda: lost, 0, stalls.append, clock=lambda: 1e9)
+    never.probe()
+    assert stalls == [lost] and not never.health()[0]         # 0: report, never exit
+
+
+def test_broker_check_sees_missing_and_recreated_topics(settings, admin):
+    from confluent_kafka.admin import NewTopic
+
+    from processors.liveness import broker_check
+
+    name = f"{settings.topic_prefix}liveness-probe"
+    for f in admin.create_topics([NewTopic(name, 1, 1)]).values():
+        f.result(10)
+    check = broker_check(settings.bootstrap_servers, [name])
+    assert check() is None
+    for f in admin.delete_topics([name]).values():
+        f.result(10)
+    problem = wait_for(check, 10, "the deleted topic seen as missing")
+    assert problem.lost and "missing" in problem
+    for f in admin.create_topics([NewTopic(name, 1, 1)]).values():
+        f.result(10)
+    problem = wait_for(lambda: (lambda p: p if p and "recreated" in p else None)(check()), 10, "the recreated topic")
+    assert problem.lost
+
+
 def test_healthz_answers_200_or_503_next_to_metrics():
     m = Metrics("test")
     m.gauge("ctloop_test_value", "a value").set(3)
@@ -77,22 +110,28 @@ def test_child_settings_split_ports_and_ready_files():
     assert child_settings(s.replace(metrics_port=0), 2).metrics_port == 0
 
 
-def test_a_broker_restart_makes_the_worker_exit_non_zero_within_the_bound(settings, tmp_path):
+def test_a_broker_restart_makes_the_worker_exit_at_once(settings, tmp_path):
+    """The stall timeout is long (60 s): the exit comes from seeing the topics gone or recreated (new
+    topic ids), within a few 1 s probes, not from the timeout."""
+    from confluent_kafka.admin import AdminClient
+
+    from streams.topics import Topics, ensure_topics
+
     port = free_port()
     broker = EmbeddedBroker(port=port).start()
     try:
-        s = settings.replace(bootstrap_servers=broker.bootstrap_servers, processor_stall_timeout_s=3.0)
+        s = settings.replace(bootstrap_servers=broker.bootstrap_servers, processor_stall_timeout_s=60.0)
         with running_processors(s, stages=["processors.feedback_join"], timeout_s=60) as proc:
             metrics_port = proc.ready["metrics_port"]
             assert _get(metrics_port, "/healthz")[0] == 200
             assert "ctloop_processor_last_progress_seconds" in _get(metrics_port, "/metrics")[1]
             broker.stop()
             broker = EmbeddedBroker(port=port).start()        # same address, empty
-            # the bound: stall timeout + one probe interval (0.75 s) + a probe's own timeout (3 s) + slack
-            wait_for(lambda: proc.poll() is not None, 3.0 + 0.75 + 3.0 + 10.0, "the worker's exit")
+            ensure_topics(AdminClient({"bootstrap.servers": s.bootstrap_servers}), Topics.from_settings(s))  # as apps do
+            wait_for(lambda: proc.poll() is not None, 20, "the worker's exit")   # 60 s stall timeout: not used
             assert proc.returncode == EXIT_BROKER_LOST
             log = proc.log_path.read_text()
-            assert "no usable broker" in log and "topics missing" in log
+            assert "no usable broker" in log and ("topics recreated" in log or "topics missing" in log)
     finally:
         broker.stop()
 
