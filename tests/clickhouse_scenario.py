@@ -118,7 +118,8 @@ def publish_scenario(settings, *, garbage: bool = True) -> Scenario:
         emit(topics.drift, ev.DRIFT_MEASURED, "drift", "fraud", deployment="fraud", model_version="1",
              window_start=T0 + k * 5 * MIN, window_end=T0 + (k + 1) * 5 * MIN, window_size=5, reference="training_data",
              features=[{"feature": "x", "psi": 0.1 + 0.2 * k, "ks_statistic": 0.2, "ks_pvalue": 0.5,
-                        "adwin_detected": False, "drifted": detected}],
+                        "adwin_detected": False, "drifted": detected, "psi_threshold": 0.2,
+                        "missing_rate": 0.0, "reference_missing_rate": 0.0, "missing_rate_changed": False}],
              drift_share=1.0 if detected else 0.0, drift_threshold=0.5, drift_detected=detected,
              event_time=T0 + (k + 1) * 5 * MIN)
     trigger_id = str(uuid.uuid4())
