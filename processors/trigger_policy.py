@@ -6,7 +6,13 @@ schedule (schedule_seconds since the last trigger), manual (``ctloop trigger``; 
 Automatic triggers need continuous training enabled, and are held back while the deployment has an
 outstanding trigger (no TrainingRunFinished/Failed for it yet, and younger than trigger_timeout_s) or
 its last trigger is younger than cooldown_seconds: one outstanding trigger per deployment, no storms.
-State is a fold of the triggers and model-lifecycle topics, so a restart rebuilds it.
+They are also held back while a shadow awaits the promotion policy's decision (continuous deployment
+enabled and a shadow set, for at most trigger_timeout_s since it was set): the trainer sets every new
+challenger as the shadow, which discards the evidence gathered on the one before, so retraining at the
+cooldown's pace while the comparisons lag behind (a loaded worker) would replace each shadow before the
+policy could judge it, and nothing would ever be promoted. The policy decides every shadow (promote, or
+reject by max_samples_factor x promotion_min_samples labeled pairs) and then clears it.
+State is a fold of the triggers, deployments and model-lifecycle topics, so a restart rebuilds it.
 
 Idempotency: an automatic trigger's id is derived from :meth:`TriggerPolicy.idempotency_key`
 (deployment, reason, and the id of the deployment's previous trigger in the fold), so two deciders
@@ -35,6 +41,7 @@ class TriggerPolicy:
         self.baseline_added: dict[str, int] = {}            # added_to_training at the last trigger
         self.first_seen_ms: dict[str, int] = {}
         self.last_trigger_id: dict[str, str] = {}           # the latest trigger per deployment (by event_time)
+        self.shadow_set: dict[str, tuple[str, int]] = {}    # deployment -> (shadow version, event_time it was set)
         self._done: set[str] = set()
 
     # -- folding the logs ---------------------------------------------------------------------------
@@ -58,9 +65,21 @@ class TriggerPolicy:
     def seen(self, deployment: str, now_ms: int) -> None:
         self.first_seen_ms.setdefault(deployment, now_ms)
 
+    def on_settings(self, value: dict) -> None:
+        """Fold a DeploymentConfigured (the latest revision of each deployment, as the settings view):
+        remembers the shadow and when it was set (kept while later revisions leave it unchanged)."""
+        dep, shadow = value["deployment"], value.get("shadow_model_version")
+        with self._lock:
+            if not shadow:
+                self.shadow_set.pop(dep, None)
+            elif self.shadow_set.get(dep, (None, 0))[0] != shadow:
+                self.shadow_set[dep] = (shadow, int(value["event_time"]))
+
     # -- deciding -----------------------------------------------------------------------------------
-    def blocked(self, deployment: str, cooldown_s: float, now_ms: int) -> str | None:
-        """Why an automatic trigger may not fire now (None: it may)."""
+    def blocked(self, deployment: str, cooldown_s: float, now_ms: int, dep_settings: dict | None = None) -> str | None:
+        """Why an automatic trigger may not fire now (None: it may). With ``dep_settings`` (the
+        deployment's current settings), also "shadow_undecided" while continuous deployment is enabled
+        and the shadow folded by :meth:`on_settings` is still set, for at most trigger_timeout_s."""
         with self._lock:
             live = {tid: t for tid, t in self.outstanding.get(deployment, {}).items() if now_ms - t < self.timeout_ms}
             if live:
@@ -68,6 +87,10 @@ class TriggerPolicy:
             last = self.last_trigger_ms.get(deployment)
             if last is not None and now_ms - last < cooldown_s * 1000:
                 return "cooldown"
+            shadow = self.shadow_set.get(deployment)
+            if dep_settings is not None and dep_settings.get("continuous_deployment_enabled") and shadow is not None \
+                    and dep_settings.get("shadow_model_version") == shadow[0] and now_ms - shadow[1] < self.timeout_ms:
+                return "shadow_undecided"
         return None
 
     def idempotency_key(self, deployment: str, reason: str) -> str:

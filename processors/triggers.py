@@ -76,6 +76,7 @@ def register(app, ctx) -> None:
         if event_type == ev.DEPLOYMENT_CONFIGURED:
             view.apply(event_type, value)
             policy.seen(dep, int(value["event_time"]))
+            policy.on_settings(view.get(dep))
         elif event_type == ev.MODEL_REGISTERED:
             champion_metrics[(dep, value["model_version"])] = dict(value.get("metrics") or {})
             if value.get("alias") == "champion":
@@ -110,7 +111,7 @@ def register(app, ctx) -> None:
             held.labels(dep, reason, "disabled").inc()
             return False
         now = now_ms()
-        why = policy.blocked(dep, s["cooldown_seconds"], now)
+        why = policy.blocked(dep, s["cooldown_seconds"], now, s)
         if why:
             held.labels(dep, reason, why).inc()
             return False
@@ -237,7 +238,7 @@ def register(app, ctx) -> None:
             if not s["continuous_training_enabled"] or not owner.owns(dep):
                 continue
             stats = latest_stats.get(dep)
-            if stats is not None and policy.blocked(dep, s["cooldown_seconds"], now) is None:
+            if stats is not None and policy.blocked(dep, s["cooldown_seconds"], now, s) is None:
                 await try_fire(dep, "review_threshold", policy.review(dep, stats, s))
                 with lock:
                     evidence = tracker(dep).decay(float(s["performance_decay_threshold"]))

@@ -37,6 +37,26 @@ def test_policy_outstanding_cooldown_and_baseline():
     assert p.blocked("d", 0, 10_000 + 100_001) is None                        # outstanding timed out
 
 
+def test_policy_holds_automatic_triggers_while_a_shadow_awaits_its_decision():
+    """A new challenger replaces the shadow (and the evidence gathered on it): retraining while the
+    policy has not judged the shadow would, when comparisons lag, replace every shadow before its
+    decision (the demo's loop never closed). Held until the shadow is cleared, or trigger_timeout_s."""
+    p = TriggerPolicy(trigger_timeout_s=100)
+    cd = {"deployment": "d", "continuous_deployment_enabled": True, "shadow_model_version": "v3", "event_time": 1000}
+    p.on_settings(cd)
+    assert p.blocked("d", 0, 2000, cd) == "shadow_undecided"
+    assert p.blocked("d", 0, 2000) is None                                    # no settings given: not checked
+    assert p.blocked("d", 0, 2000, {**cd, "continuous_deployment_enabled": False}) is None  # nobody decides
+    later = {**cd, "promotion_threshold": 0.1, "event_time": 50_000}           # another setting: same shadow
+    p.on_settings(later)
+    assert p.blocked("d", 0, 100_999, later) == "shadow_undecided" and p.blocked("d", 0, 101_000, later) is None
+    cleared = {**cd, "shadow_model_version": None, "event_time": 60_000}       # the policy decided
+    p.on_settings(cleared)
+    assert p.blocked("d", 0, 60_000, cleared) is None
+    p.on_settings({**cd, "shadow_model_version": "v4", "event_time": 70_000})  # the next challenger
+    assert p.blocked("d", 0, 70_001, {**cd, "shadow_model_version": "v4"}) == "shadow_undecided"
+
+
 def test_performance_decay_against_champion_and_first_window():
     t = PerformanceTracker(window=10)
     t.set_champion("1", 0.9)
@@ -164,3 +184,40 @@ def test_no_drift_trigger_on_a_stationary_stream_then_one_after_a_mean_shift(set
         assert perf["reason"] == "performance_decay"
         assert perf["evidence"]["baseline_source"] == "champion_validation"
         assert float(perf["evidence"]["rolling_accuracy"]) == 0.5 and float(perf["evidence"]["decay"]) == 0.4
+
+
+def _held_back(port: int, dep: str, why: str) -> float:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        body = r.read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in body.splitlines()
+               if line.startswith("ctloop_triggers_held_back_total{") and f'deployment="{dep}"' in line
+               and f'why="{why}"' in line)
+
+
+def test_automatic_triggers_wait_until_the_shadow_is_decided(settings, topics):
+    """Over the broker: with continuous deployment on and a shadow set, a review-threshold crossing is
+    held back ("shadow_undecided") until the shadow is cleared (the promotion stage does so when it
+    decides), then fires once."""
+    dep = "shadow-dep"
+    with running_processors(settings, stages=STAGES, timeout_s=60) as proc, CtloopClient(settings) as client, \
+            Collector(settings, topics.triggers, topics.feedback_stats) as out:
+        client.setup_feedback_loop(dep, model_name="m")
+        client.setup_continuous_deployment(dep, min_samples=10)
+        client.set_shadow_model(dep, "2")
+        client.setup_continuous_training(dep, trigger_threshold=10, cooldown_seconds=0)
+        for i in range(20):
+            pid = client.log_prediction(dep, {"x": float(i)}, label="a", model_version="1")
+            client.log_feedback(pid, dep, label="a")
+        client.flush()
+        out.wait(lambda c: any(e.value["added_to_training"] == 20 for e in c.of(ev.FEEDBACK_LOOP_STATS, deployment=dep)),
+                 30, "20 added")
+        port = proc.ready["metrics_port"]
+        out.wait(lambda c: _held_back(port, dep, "shadow_undecided") >= 1 or _triggers(c, dep), 30,
+                 "the review trigger held back (or fired)")
+        assert _triggers(out, dep) == [], "an automatic trigger fired while the shadow was undecided"
+        client.set_shadow_model(dep, None)             # decided: the promotion stage clears the shadow
+        trig = out.wait(lambda c: _triggers(c, dep), 30, "the held-back review trigger")[0].value
+        assert trig["reason"] == "review_threshold" and int(trig["evidence"]["added_to_training"]) == 20
+        assert len(_triggers(out, dep)) == 1

@@ -75,8 +75,6 @@ class DemoOptions:
     promotion_threshold: float = 0.03
     significance_level: float = 0.05
     rollback_margin: float = 0.1
-    recent_window_s: float = 45.0
-    """Trainer's recent window: the evaluation gate judges candidates on the last seconds of data."""
     timeout_s: float = 540.0
     """Deadline of the streaming part; the demo stops streaming then and reports what happened."""
     report: bool = True
@@ -324,8 +322,7 @@ def _run(settings: Settings, options: DemoOptions, progress: Callable[[str], Non
     run_id = f"{stamp}-{uuid.uuid4().hex[:4]}"
     run_dir = Path(settings.data_dir) / "demo" / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
-    settings = settings.replace(topic_prefix=f"{settings.topic_prefix}demo-{run_id}.", data_dir=str(run_dir),
-                                trainer_recent_window_s=options.recent_window_s)
+    settings = settings.replace(topic_prefix=f"{settings.topic_prefix}demo-{run_id}.", data_dir=str(run_dir))
     dep_name = options.deployment
     elapsed = lambda: time.monotonic() - started  # noqa: E731
     say = lambda msg: progress(f"[{elapsed():6.1f}s] {msg}")  # noqa: E731
