@@ -23,6 +23,7 @@ import asyncio
 import logging
 import threading
 
+from processors.ownership import Ownership
 from processors.policies import Decision, PromotionPolicy, RollbackWatch
 from processors.dead_letters import decode_message
 from processors.shadow_comparison import iter_outcomes, outcomes_topic
@@ -127,6 +128,9 @@ def register(app, ctx) -> None:
     follower_box: dict = {}
     clearing: set = set()  # assignments whose shadow this worker cleared (or is clearing)
     clear_lock = threading.Lock()
+    # several workers: only the owner of a deployment's shadow-comparisons partition clears its stale shadow
+    owner = Ownership.of_app(app, topics.shadow_comparisons, topics.partitions("shadow-comparisons"),
+                             settings.producer_partitioner)
     m_decisions = ctx.metrics.counter("ctloop_promotion_decisions_total", "Policy decisions published.",
                                       ("deployment", "action"))
 
@@ -249,7 +253,7 @@ def register(app, ctx) -> None:
             pending = [c for (dep, _v), c in state.latest.items() if dep in changed]
             # decided assignments still set as shadow: a worker died between the decision and the clear
             stale = [(dep, version) for dep, (version, revision) in state.assignments.items()
-                     if version is not None and state.is_decided(dep, version, revision)
+                     if version is not None and state.is_decided(dep, version, revision) and owner.owns(dep)
                      and (dep, version, revision) not in clearing]
             clearing.update((dep, v, state.assignment(dep)[1]) for dep, v in stale)
         for dep, version in stale:
