@@ -119,9 +119,6 @@ class Settings:
     """Upper bound of training epochs (early stopping usually ends sooner)."""
     trainer_run_delay_s: float = 0.0
     """Seconds a trainer waits after TrainingRunStarted (fault injection for crash tests and demos)."""
-    trainer_recent_window_s: float = 86400.0
-    """Ignored (kept so existing environments still parse): which examples are 'historical' for the gate's
-    forgetting check comes from log offsets (those before the champion's snapshot end), never from clocks."""
     trainer_regression_dir: str = ""
     """Directory of curated regression sets, <deployment>.csv or .parquet (features + label); empty: none."""
     gate_min_metrics: str = ""
