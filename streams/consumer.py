@@ -251,14 +251,12 @@ def probe_end_offsets(consumer: Consumer, topic: str, partitions: list[int], tim
     return ends
 
 
-def read_to_end(settings, topic: str, *, serde: Serde | None = None, timeout_s: float = 15.0,
-                start: str = "beginning") -> list[Event]:
-    """Read every decodable event of ``topic`` from the beginning to its current end offsets,
-    without a consumer group (no commits). Used to fold state (settings, registry) on start-up.
-    Events come in log order: by partition, then offset (a single-partition topic: its exact order)."""
+def read_messages_to_end(settings, topic: str, *, timeout_s: float = 15.0) -> list:
+    """Every record of ``topic`` from the beginning to its current end offsets, as confluent-kafka
+    Messages (undecoded), without a consumer group (no commits), in log order: by partition, then offset.
+    An absent topic gives []. Raises TimeoutError when the end is not reached within ``timeout_s``."""
     from confluent_kafka import OFFSET_BEGINNING
 
-    serde = serde or Serde.from_settings(settings)
     consumer = end_offset_consumer(settings)
     try:
         md = consumer.list_topics(topic, timeout=timeout_s)
@@ -269,7 +267,7 @@ def read_to_end(settings, topic: str, *, serde: Serde | None = None, timeout_s: 
         if not ends:
             return []
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
-        events: list[Event] = []
+        messages = []
         deadline = time.monotonic() + timeout_s
         done = {p: False for p in ends}
         while not all(done.values()):
@@ -281,14 +279,24 @@ def read_to_end(settings, topic: str, *, serde: Serde | None = None, timeout_s: 
                 p = msg.partition()
                 if msg.offset() + 1 >= ends[p]:
                     done[p] = True
-                if msg.offset() >= ends[p]:
-                    continue
-                try:
-                    d = serde.decode(msg.value())
-                except DecodeError:
-                    continue
-                events.append(Event(d.event_type, d.value, topic, p, msg.offset(), msg.key(), msg.timestamp()[1]))
-        events.sort(key=lambda e: (e.partition, e.offset))  # log order; producer clocks never order events
-        return events
+                if msg.offset() < ends[p]:
+                    messages.append(msg)
+        messages.sort(key=lambda m: (m.partition(), m.offset()))  # log order; producer clocks never order events
+        return messages
     finally:
         consumer.close()
+
+
+def read_to_end(settings, topic: str, *, serde: Serde | None = None, timeout_s: float = 15.0) -> list[Event]:
+    """Read every decodable event of ``topic`` from the beginning to its current end offsets,
+    without a consumer group (no commits). Used to fold state (settings, registry) on start-up.
+    Events come in log order: by partition, then offset (a single-partition topic: its exact order)."""
+    serde = serde or Serde.from_settings(settings)
+    events: list[Event] = []
+    for msg in read_messages_to_end(settings, topic, timeout_s=timeout_s):
+        try:
+            d = serde.decode(msg.value())
+        except DecodeError:
+            continue
+        events.append(Event(d.event_type, d.value, topic, msg.partition(), msg.offset(), msg.key(), msg.timestamp()[1]))
+    return events

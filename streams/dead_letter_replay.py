@@ -22,13 +22,12 @@ from __future__ import annotations
 import getpass
 import json
 import time
-import uuid
 from dataclasses import asdict, dataclass, field
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 
 from streams import catalog as ev
-from streams.consumer import end_offsets
+from streams.consumer import read_messages_to_end
 from streams.serde import DecodeError, Serde
 from streams.topics import Topics
 
@@ -89,33 +88,9 @@ def ensure_ledger_topic(settings, timeout_s: float = 15.0) -> None:
 
 def _read_all(settings, topic: str, timeout_s: float):
     """(partition, offset, key, value, headers dict) of every record of ``topic`` up to its end now."""
-    ends = end_offsets(settings, topic, timeout_s=timeout_s)
-    ends = {p: e for p, e in ends.items() if e > 0}
-    if not ends:
-        return []
-    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": f"ctloop-replay-{uuid.uuid4().hex[:8]}",
-                         "enable.auto.commit": False, "fetch.wait.max.ms": 20, "log.connection.close": False,
-                         "max.partition.fetch.bytes": settings.fetch_max_partition_bytes})
-    out = []
-    try:
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
-        positions = {p: -1 for p in ends}
-        deadline = time.monotonic() + timeout_s
-        while any(positions[p] + 1 < ends[p] for p in ends):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"reading {topic} to its end took more than {timeout_s}s")
-            for msg in consumer.consume(1000, 0.2):
-                if msg.error():
-                    continue
-                p = msg.partition()
-                positions[p] = max(positions[p], msg.offset())
-                if msg.offset() >= ends[p]:
-                    continue
-                headers = {k: (v or b"").decode("utf-8", "replace") for k, v in (msg.headers() or [])}
-                out.append((p, msg.offset(), msg.key(), msg.value(), headers))
-    finally:
-        consumer.close()
-    return out
+    return [(msg.partition(), msg.offset(), msg.key(), msg.value(),
+             {k: (v or b"").decode("utf-8", "replace") for k, v in (msg.headers() or [])})
+            for msg in read_messages_to_end(settings, topic, timeout_s=timeout_s)]
 
 
 def read_dead_letters(settings, *, serde: Serde | None = None, timeout_s: float = 30.0) -> list[DeadLetterRecord]:
