@@ -283,29 +283,24 @@ class ModelRegistry:
         else:
             state.versions[v["model_version"]].alias = alias
 
-    def _promoted(self, v: dict) -> None:
+    def _new_champion(self, event_type: str, v: dict, version: str) -> bool:
+        """Make ``version`` the champion if the decision's preconditions hold; else record the refusal."""
         state = self._state(v["deployment"])
-        mv = state.versions.get(v["model_version"])
-        if mv is None:
-            self._refuse(ev.MODEL_PROMOTED, v, v["model_version"], f"unknown version {v['model_version']}")
-            return
-        why = self._precondition(v, mv)
+        mv = state.versions.get(version)
+        why = f"unknown version {version}" if mv is None else self._precondition(v, mv)
         if why is not None:
-            self._refuse(ev.MODEL_PROMOTED, v, mv.version, why)
-            return
-        self._set_champion(state, v["model_version"])
+            self._refuse(event_type, v, version, why)
+            return False
+        self._set_champion(state, version)
+        return True
+
+    def _promoted(self, v: dict) -> None:
+        self._new_champion(ev.MODEL_PROMOTED, v, v["model_version"])
 
     def _rolled_back(self, v: dict) -> None:
+        if not self._new_champion(ev.MODEL_ROLLED_BACK, v, v["to_version"]):
+            return
         state = self._state(v["deployment"])
-        target = state.versions.get(v["to_version"])
-        if target is None:
-            self._refuse(ev.MODEL_ROLLED_BACK, v, v["to_version"], f"unknown version {v['to_version']}")
-            return
-        why = self._precondition(v, target)
-        if why is not None:
-            self._refuse(ev.MODEL_ROLLED_BACK, v, target.version, why)
-            return
-        self._set_champion(state, v["to_version"])
         demoted = state.versions.get(v["from_version"])
         if demoted is not None and demoted.version != v["to_version"]:
             demoted.alias = "rolled_back"
