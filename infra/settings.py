@@ -90,7 +90,8 @@ class Settings:
     processor_stall_timeout_s: float = 60.0
     """A processor worker that cannot reach the broker for this long exits with code 75 for its supervisor to restart
     it; one that finds its topics gone or recreated (new topic ids: a broker that restarted empty) exits with 75 at
-    once. /healthz on the metrics port answers 503 meanwhile. 0: never exit (health still reported)."""
+    once; so does one whose table recovery receives no changelog record for 5 s + this long. /healthz on the metrics
+    port answers 503 meanwhile. 0: never exit (health still reported)."""
     join_ttl_s: float = 7 * 24 * 3600.0
     """How long a prediction waits for its feedback in the join before it is forgotten."""
     feedback_park_ttl_s: float = 3600.0

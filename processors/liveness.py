@@ -9,9 +9,12 @@ It reports ``/healthz`` (through :meth:`infra.metrics.Metrics.set_health`) and t
 ``ctloop_processor_last_progress_seconds`` (Unix time of the last good probe) and
 ``ctloop_processor_healthy``. When its topics are gone or recreated it calls ``on_stall`` at once (the
 worker exits with :data:`EXIT_BROKER_LOST` so that its supervisor restarts it: a new process recreates
-its topics and starts from what the broker has), before it writes stale state and offsets into the new
-broker (changelog records it wrote there made the next worker's table recovery hang); after
-``processor_stall_timeout_s`` without any good probe (broker unreachable) too.
+its topics and starts from what the broker has), so that it stops writing stale state and offsets into
+the new broker (what its producers still send in the second before can leave unreadable records there,
+which made the next worker's table recovery hang: processors/topic_repair.py, run by the next worker on
+start, makes those topics again); after
+``processor_stall_timeout_s`` without any good probe (broker unreachable, or a table recovery that
+receives nothing: :func:`recovery_problem`) too.
 """
 from __future__ import annotations
 
@@ -88,6 +91,34 @@ class BrokerCheck:
             return Problem.of(f"topics recreated on {self.bootstrap_servers} (new topic ids; restarted empty?): "
                               f"{', '.join(recreated[:5])}" + (f" and {len(recreated) - 5} more"
                                                               if len(recreated) > 5 else ""), lost=True)
+        return None
+
+
+RECOVERY_QUIET_S = 5.0
+"""A table recovery that has received no changelog record for this long while records remain counts
+as a problem (:func:`recovery_problem`); the watch exits after ``processor_stall_timeout_s`` of it."""
+
+
+def recovery_problem(recovery, now: float | None = None, quiet_s: float = RECOVERY_QUIET_S) -> Problem | None:
+    """A :class:`Problem` (not ``lost``) when faust's table recovery (``app.tables.recovery``) is in
+    progress, has records left to read, and has received none for ``quiet_s`` (since its start or its
+    last record), else None. A changelog whose end offset is beyond what the broker serves made
+    recovery wait forever (processors/topic_repair.py); this bounds any such wait. Reads faust's
+    state from the watch's thread: anything unexpected reads as no problem."""
+    try:
+        if not getattr(recovery, "in_recovery", False):
+            return None
+        remaining = recovery.active_remaining_total()
+        started = recovery._recovery_started_at
+        if remaining <= 0 or started is None:
+            return None
+        last = max([started, *list(recovery._active_events_received_at.values())])
+        now = time.monotonic() if now is None else now
+        if now - last < quiet_s:
+            return None
+        return Problem.of(f"table recovery stalled: {remaining} changelog records left, none received for "
+                          f"{now - last:.0f}s")
+    except Exception:  # noqa: BLE001 - faust internals changed, or changed under us: no verdict
         return None
 
 

@@ -63,19 +63,26 @@ INTERNAL_TOPICS = ("feedback-partials", "performance-pairs", "drift-inputs")
 """Internal deployment-keyed topics (``<prefix>`` + name; JSON values; ``default_partitions``)."""
 
 
+def internal_topic_specs(settings) -> list:
+    """NewTopic specs of the internal topics: ``default_partitions`` partitions (co-partitioned with
+    feedback-stats and drift), 7 days' retention."""
+    from confluent_kafka.admin import NewTopic
+
+    return [NewTopic(f"{settings.topic_prefix}{name}", num_partitions=settings.default_partitions,
+                     replication_factor=settings.replication_factor,
+                     config={"retention.ms": str(7 * 24 * 3600 * 1000)}) for name in INTERNAL_TOPICS]
+
+
 def ensure_internal_topics(admin, settings, timeout_s: float = 30.0) -> list[str]:
     """Create the internal deployment-keyed topics that are missing (``default_partitions`` partitions,
     so they are co-partitioned with feedback-stats and drift; 7 days' retention). Returns their names.
     RuntimeError naming the topic when the broker refuses one."""
     from confluent_kafka import KafkaError
-    from confluent_kafka.admin import NewTopic
 
-    names = [f"{settings.topic_prefix}{name}" for name in INTERNAL_TOPICS]
+    specs = internal_topic_specs(settings)
+    names = [s.topic for s in specs]
     existing = set(admin.list_topics(timeout=timeout_s).topics)
-    missing = [NewTopic(name, num_partitions=settings.default_partitions,
-                        replication_factor=settings.replication_factor,
-                        config={"retention.ms": str(7 * 24 * 3600 * 1000)})
-               for name in names if name not in existing]
+    missing = [s for s in specs if s.topic not in existing]
     if missing:
         for name, fut in admin.create_topics(missing, operation_timeout=timeout_s).items():
             try:

@@ -7,8 +7,10 @@ that file (JSON: pid, metrics port, assigned partitions) once its consumers have
 and its tables are recovered, so that tests and supervisors wait on a condition rather than a sleep.
 
 A worker watches its broker (processors/liveness.py): ``/healthz`` on the metrics port, the gauge
-``ctloop_processor_last_progress_seconds``, and an exit with code 75 after ``processor_stall_timeout_s``
-without the broker or its topics. ``run_workers`` (``ctloop process``, ``python -m processors.worker``)
+``ctloop_processor_last_progress_seconds``, and an exit with code 75 at once when its topics are gone or
+recreated (a broker that restarted empty), after ``processor_stall_timeout_s`` without the broker or
+with a table recovery that receives nothing. On start it makes its own topics that the broker cannot
+serve again (processors/topic_repair.py). ``run_workers`` (``ctloop process``, ``python -m processors.worker``)
 runs ``processor_workers`` such workers as child processes in one consumer group and supervises them.
 """
 from __future__ import annotations
@@ -140,7 +142,8 @@ def run_worker(settings: Settings) -> None:
     ensure_topics(admin, Topics.from_settings(settings))
     ensure_internal_topics(admin, settings)   # before the group forms: the assignor co-partitions them
     worker, app, ctx = build_worker(settings)
-    watch = _watch_broker(settings, ctx.metrics)
+    _repair_own_topics(settings, app)         # before the watch records the topic ids
+    watch = _watch_broker(settings, ctx.metrics, app)
 
     def health() -> tuple[bool, dict]:
         healthy, details = watch.health()
@@ -166,9 +169,33 @@ def run_worker(settings: Settings) -> None:
             log.warning("processor worker: output producer close failed: %s", exc)
 
 
-def _watch_broker(settings: Settings, metrics: Metrics):
-    """The worker's BrokerWatch: every topic of the registry and the internal ones must stay on the broker."""
-    from processors.liveness import EXIT_BROKER_LOST, BrokerWatch, broker_check
+def _repair_own_topics(settings: Settings, app=None) -> list[str]:
+    """Make the worker's own topics (table changelogs, internal topics) that a broker cannot serve
+    again (processors/topic_repair.py: records a previous worker wrote into a restarted empty broker
+    before the topic existed made faust's table recovery wait forever). ``app``: the worker's faust
+    app, else a process of its own builds one for the table names (the supervisor, which runs none)."""
+    from processors.topic_repair import own_topic_specs, repair_own_topics
+
+    if app is None:
+        # building the app starts its followers' threads: do it in a short-lived process of its own
+        proc = subprocess.run([sys.executable, "-m", "processors.topic_repair"], env=child_environment(settings),
+                              capture_output=True, text=True, timeout=120)
+        if proc.returncode != 0:
+            raise RuntimeError(f"topic repair failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
+        made = [line for line in proc.stdout.splitlines() if line.strip()]
+        if made:
+            log.warning("processor supervisor %d: made again: %s", os.getpid(), ", ".join(made))
+        return made
+    made = repair_own_topics(settings.bootstrap_servers, own_topic_specs(settings, app))
+    if made:
+        log.warning("processor worker %d: made again: %s", os.getpid(), ", ".join(made))
+    return made
+
+
+def _watch_broker(settings: Settings, metrics: Metrics, app=None):
+    """The worker's BrokerWatch: every topic of the registry and the internal ones must stay on the
+    broker, and a table recovery of ``app`` must not wait for records that never come."""
+    from processors.liveness import EXIT_BROKER_LOST, BrokerWatch, broker_check, recovery_problem
     from processors.ownership import INTERNAL_TOPICS
     from streams.topics import Topics
 
@@ -180,8 +207,16 @@ def _watch_broker(settings: Settings, metrics: Metrics):
         logging.shutdown()
         os._exit(EXIT_BROKER_LOST)   # nothing to flush: the broker that would take it is gone
 
-    return BrokerWatch(broker_check(settings.bootstrap_servers, required), settings.processor_stall_timeout_s,
-                       on_stall, metrics=metrics)
+    check = broker_check(settings.bootstrap_servers, required)
+
+    def probe():
+        problem = check()
+        if problem is None and app is not None:
+            # the manager's _recovery, not .recovery: that would create it, from this thread
+            problem = recovery_problem(getattr(getattr(app, "tables", None), "_recovery", None))
+        return problem
+
+    return BrokerWatch(probe, settings.processor_stall_timeout_s, on_stall, metrics=metrics)
 
 
 def child_environment(settings: Settings, base: dict | None = None) -> dict[str, str]:
@@ -228,6 +263,7 @@ def run_workers(settings: Settings, poll_s: float = 0.2) -> int:
     admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
     ensure_topics(admin, Topics.from_settings(settings))
     ensure_internal_topics(admin, settings)
+    _repair_own_topics(settings)              # once, before the children start (they would race)
     children = []
     for i in range(n):
         cs = child_settings(settings, i)
