@@ -45,7 +45,7 @@ def publish_manual_trigger(settings, deployment: str, *, requested_by: str | Non
     """Publish a manual TrainingTriggered for ``deployment`` (always allowed, whatever the policies);
     returns the record. Its evidence carries added_to_training from the deployment's latest
     feedback-loop stats, so reviewed_since_last_training restarts from there."""
-    from streams.consumer import read_to_end
+    from processors.latest_stats import latest_feedback_stats
     from streams.deployments import DeploymentSettingsClient
     from streams.producer import EventProducer
     from streams.validation import check_str
@@ -58,11 +58,10 @@ def publish_manual_trigger(settings, deployment: str, *, requested_by: str | Non
     topics = Topics.from_settings(settings)
     with EventProducer(settings) as producer:
         dep_settings = DeploymentSettingsClient(settings, producer=producer).current(deployment)
-        stats = [e.value for e in read_to_end(settings, topics.feedback_stats, timeout_s=timeout_s)
-                 if e.value.get("deployment") == deployment]
+        found = latest_feedback_stats(settings, deployment, timeout_s=timeout_s)
+        latest = found["stats"] if found else None   # by log position, never by a producer clock
         evidence = {"requested_by": requested_by or ""}
-        if stats:
-            latest = max(stats, key=lambda v: (v["added_to_training"], v["event_time"]))
+        if latest:
             evidence.update(added_to_training=latest["added_to_training"], reviewed=latest["reviewed"])
         record = trigger_record(settings, deployment, "manual", evidence, labeled_examples_snapshot(settings, timeout_s=timeout_s),
                                 training_mode=training_mode or dep_settings.get("training_mode") or "full",

@@ -83,3 +83,23 @@ def test_status_cli_json_and_table_carry_the_counters(settings, topics, monkeypa
 
     none_yet = runner.invoke(cli, ["status", "nobody"], catch_exceptions=False)
     assert "feedback loop  (no feedback-stats yet)" in none_yet.output
+
+
+def test_a_manual_trigger_takes_its_evidence_from_the_latest_stats_by_offset(settings, topics):
+    """`ctloop trigger` restarts reviewed_since_last_training from the deployment's latest stats: the last
+    in its key partition, not the one with the newest clock (here the first, from a clock ahead)."""
+    from processors.snapshot import publish_manual_trigger
+    from streams.deployments import DeploymentSettingsClient
+
+    dep = "manual-fraud"
+    with EventProducer(settings) as producer:
+        DeploymentSettingsClient(settings, producer=producer).setup_feedback_loop(dep, model_name="m")
+        producer.produce(topics.feedback_stats, ev.FEEDBACK_LOOP_STATS,
+                         stats(dep, added=7, since=7, event_time=2_000_000_000_000), key=dep)
+        producer.produce(topics.feedback_stats, ev.FEEDBACK_LOOP_STATS,
+                         stats(dep, added=7, since=7, event_time=1_000_000_000_000) | {"reviewed": 30}, key=dep)
+        producer.flush()
+    record = publish_manual_trigger(settings, dep, requested_by="ops")
+    assert record["reason"] == "manual"
+    assert record["evidence"]["added_to_training"] == "7"
+    assert record["evidence"]["reviewed"] == "30"   # the later record in the log, whatever its clock says
