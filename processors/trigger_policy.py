@@ -18,11 +18,20 @@ Idempotency: an automatic trigger's id is derived from :meth:`TriggerPolicy.idem
 (deployment, reason, and the id of the deployment's previous trigger in the fold), so two deciders
 with the same fold (e.g. the old and the new owner during a rebalance) emit the same trigger_id, and
 the trainer, which skips a trigger_id whose run is done, trains it once.
+
+Clocks: the times folded here (a trigger's or a settings event's ``event_time``) were written by other
+processes (another worker, ``ctloop trigger``, a trainer, an app). They are taken as at most this
+process's now (``clock``), so a clock running ahead elsewhere cannot hold triggers back for the skew; the
+latest trigger of a deployment is the latest in the log (its triggers share one partition), never the one
+with the newest ``event_time``.
 """
 from __future__ import annotations
 
 import threading
 import uuid
+from typing import Callable
+
+from streams.serde import now_ms as wall_ms
 
 TRIGGER_NAMESPACE = uuid.UUID("5f0c7a52-3d1e-4a7b-9a55-6b1f0c2d7e11")
 
@@ -33,23 +42,30 @@ def trigger_id_for(idempotency_key: str) -> str:
 
 
 class TriggerPolicy:
-    def __init__(self, trigger_timeout_s: float):
+    """The trigger fold and rules of every deployment. ``trigger_timeout_s``: how long a trigger without a
+    finished run stays outstanding; ``clock``: this process's time in epoch ms (injectable for tests)."""
+
+    def __init__(self, trigger_timeout_s: float, clock: Callable[[], int] = wall_ms):
         self.timeout_ms = int(trigger_timeout_s * 1000)
+        self._clock = clock
         self._lock = threading.Lock()
         self.last_trigger_ms: dict[str, int] = {}
         self.outstanding: dict[str, dict[str, int]] = {}   # deployment -> {trigger_id: emitted ms}
         self.baseline_added: dict[str, int] = {}            # added_to_training at the last trigger
         self.first_seen_ms: dict[str, int] = {}
-        self.last_trigger_id: dict[str, str] = {}           # the latest trigger per deployment (by event_time)
-        self.shadow_set: dict[str, tuple[str, int]] = {}    # deployment -> (shadow version, event_time it was set)
+        self.last_trigger_id: dict[str, str] = {}           # the latest trigger per deployment (in log order)
+        self.shadow_set: dict[str, tuple[str, int]] = {}    # deployment -> (shadow version, when it was set)
         self._done: set[str] = set()
 
     # -- folding the logs ---------------------------------------------------------------------------
+    def local_ms(self, event_time) -> int:
+        """A time written by another process, as at most this process's now (epoch ms)."""
+        return min(int(event_time), self._clock())
+
     def on_trigger(self, value: dict) -> None:
-        dep, tid, t = value["deployment"], value["trigger_id"], int(value["event_time"])
+        dep, tid, t = value["deployment"], value["trigger_id"], self.local_ms(value["event_time"])
         with self._lock:
-            if t >= self.last_trigger_ms.get(dep, 0):
-                self.last_trigger_id[dep] = tid
+            self.last_trigger_id[dep] = tid   # the fold reads a deployment's triggers in log order
             self.last_trigger_ms[dep] = max(t, self.last_trigger_ms.get(dep, 0))
             if tid not in self._done:
                 self.outstanding.setdefault(dep, {})[tid] = t
@@ -62,8 +78,9 @@ class TriggerPolicy:
             self._done.add(trigger_id)
             self.outstanding.get(deployment, {}).pop(trigger_id, None)
 
-    def seen(self, deployment: str, now_ms: int) -> None:
-        self.first_seen_ms.setdefault(deployment, now_ms)
+    def seen(self, deployment: str, event_time: int) -> None:
+        """The deployment's first event (its schedule counts from there until its first trigger)."""
+        self.first_seen_ms.setdefault(deployment, self.local_ms(event_time))
 
     def on_settings(self, value: dict) -> None:
         """Fold a DeploymentConfigured (the latest revision of each deployment, as the settings view):
@@ -73,7 +90,7 @@ class TriggerPolicy:
             if not shadow:
                 self.shadow_set.pop(dep, None)
             elif self.shadow_set.get(dep, (None, 0))[0] != shadow:
-                self.shadow_set[dep] = (shadow, int(value["event_time"]))
+                self.shadow_set[dep] = (shadow, self.local_ms(value["event_time"]))
 
     # -- deciding -----------------------------------------------------------------------------------
     def blocked(self, deployment: str, cooldown_s: float, now_ms: int, dep_settings: dict | None = None) -> str | None:

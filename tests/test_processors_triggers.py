@@ -37,6 +37,24 @@ def test_policy_outstanding_cooldown_and_baseline():
     assert p.blocked("d", 0, 10_000 + 100_001) is None                        # outstanding timed out
 
 
+def test_policy_takes_other_processes_times_as_at_most_its_own_now():
+    """A trigger written by a process whose clock runs 10 minutes ahead (another worker, `ctloop trigger`)
+    holds automatic triggers for the cooldown from now, not for the skew too; the latest trigger is the
+    latest in the log, so the next idempotency key follows it whatever the clocks say."""
+    now = {"ms": 1_000_000}
+    p = TriggerPolicy(trigger_timeout_s=100, clock=lambda: now["ms"])
+    p.on_trigger({"deployment": "d", "trigger_id": "ahead", "event_time": now["ms"] + 600_000, "evidence": {}})
+    p.on_run_done("d", "ahead")
+    assert p.blocked("d", cooldown_s=5, now_ms=now["ms"] + 4_000) == "cooldown"
+    assert p.blocked("d", cooldown_s=5, now_ms=now["ms"] + 5_000) is None      # not 10 min + 5 s
+    now["ms"] += 10_000
+    p.on_trigger({"deployment": "d", "trigger_id": "behind", "event_time": 5, "evidence": {}})  # a clock far behind
+    assert p.idempotency_key("d", "drift") == "d|drift|after=behind"
+    p.on_settings({"deployment": "d", "shadow_model_version": "v2", "event_time": now["ms"] + 600_000})
+    cd = {"continuous_deployment_enabled": True, "shadow_model_version": "v2"}
+    assert p.blocked("d", 0, now["ms"] + 100_000, cd) is None                 # held trigger_timeout_s from now
+
+
 def test_policy_holds_automatic_triggers_while_a_shadow_awaits_its_decision():
     """A new challenger replaces the shadow (and the evidence gathered on it): retraining while the
     policy has not judged the shadow would, when comparisons lag, replace every shadow before its
