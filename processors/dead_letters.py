@@ -13,17 +13,19 @@ faust can commit the record's offset (faust waits only for its own producer); a 
 """
 from __future__ import annotations
 
-from streams.dead_letters import RECORD_TOO_LARGE, Rejected, decode_checked, owner_of, publish_dead_letter
+from streams.dead_letters import RECORD_TOO_LARGE, Rejected, decode_checked, owner_of, publish_dead_letter, replay_of_header
 from streams.record_size import RecordTooLarge
 
 
 def dead_letter(ctx, *, topic: str, partition: int, offset: int, key, value: bytes | None, reason: str,
-                error_type: str, component: str, flush: bool = True) -> str:
+                error_type: str, component: str, flush: bool = True, replay_of: str | None = None) -> str:
     """Produce a DeadLetter (with the ctloop-* headers) through ``ctx.producer`` and, with ``flush``, wait
     until it is durable (raises streams.producer.DeliveryError if it is not); returns the error_type sent
-    (record_too_large when the value had to be truncated to fit)."""
+    (record_too_large when the value had to be truncated to fit). ``replay_of``: the record's
+    ``ctloop-replay-of`` header (a replayed dead letter), copied to the new dead letter."""
     sent = publish_dead_letter(ctx.producer, ctx.topics, topic=topic, partition=partition, offset=offset, key=key,
-                               value=value, reason=reason, error_type=error_type, component=component)
+                               value=value, reason=reason, error_type=error_type, component=component,
+                               replay_of=replay_of)
     if flush:
         ctx.producer.flush()
     return sent
@@ -33,7 +35,7 @@ def dead_letter_message(ctx, message, reason: str, error_type: str, component: s
     """Dead-letter a raw faust message (its key, bytes and source position)."""
     return dead_letter(ctx, topic=message.topic, partition=message.partition, offset=message.offset,
                        key=message.key, value=message.value, reason=reason, error_type=error_type, component=component,
-                       flush=flush)
+                       flush=flush, replay_of=replay_of_header(getattr(message, "headers", None)))
 
 
 def dead_letter_failure(ctx, message, exc: BaseException, component: str, what: str = "handler error", *,

@@ -14,7 +14,7 @@ from typing import Callable, Iterable
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-from streams.dead_letters import RECORD_TOO_LARGE, Rejected, decode_checked, publish_dead_letter
+from streams.dead_letters import RECORD_TOO_LARGE, Rejected, decode_checked, publish_dead_letter, replay_of_header
 from streams.producer import EventProducer
 from streams.record_size import RecordTooLarge
 from streams.serde import DecodeError, Serde
@@ -123,14 +123,17 @@ class EventConsumer:
     def dead_letter(self, msg_or_event, reason: str, error_type: str) -> None:
         """Send a record (a confluent Message or an Event) to the dead-letter topic (truncated to fit
         max_message_bytes, then error_type record_too_large: streams.dead_letters.publish_dead_letter)."""
+        replay_of = None   # an Event keeps no headers: the replay finds its replays by source position instead
         if isinstance(msg_or_event, Event):
             topic, partition, offset, key = msg_or_event.topic, msg_or_event.partition, msg_or_event.offset, msg_or_event.key
             value = self.serde.encode(msg_or_event.event_type, msg_or_event.value, topic)
         else:
             topic, partition, offset = msg_or_event.topic(), msg_or_event.partition(), msg_or_event.offset()
             key, value = msg_or_event.key(), msg_or_event.value()
+            replay_of = replay_of_header(msg_or_event.headers())
         publish_dead_letter(self.dlq, self.topics_registry, topic=topic, partition=partition, offset=offset, key=key,
-                            value=value, reason=reason, error_type=error_type, component=self.component)
+                            value=value, reason=reason, error_type=error_type, component=self.component,
+                            replay_of=replay_of)
         self.dead_lettered += 1
 
     # -- committing -----------------------------------------------------------------------------

@@ -2,7 +2,9 @@
 used by ``streams.consumer.EventConsumer`` and by the faust stages (``processors/dead_letters.py``).
 
 A dead letter is a DeadLetter event on the dead-letters topic, keyed by the original key, carrying the
-original bytes, the reason and the source topic/partition/offset, also as ``ctloop-*`` headers.
+original bytes, the reason and the source topic/partition/offset, also as ``ctloop-*`` headers. The dead
+letter of a record re-injected by ``ctloop dead-letters replay`` also carries its ``ctloop-replay-of``
+header (from the readers of raw records; streams/dead_letter_replay.py also finds it by source position).
 
 **Sizes.** A dead letter always fits under ``Settings.max_message_bytes``: when the original value (or
 key) would make it too large, it is truncated, the error_type becomes ``record_too_large`` (the first
@@ -109,6 +111,21 @@ def decode_checked(serde: Serde, topics: Topics, topic: str, raw: bytes | None, 
     return decoded
 
 
+REPLAY_OF_HEADER = "ctloop-replay-of"
+"""Header of a record re-injected by ``ctloop dead-letters replay`` (streams/dead_letter_replay.py)."""
+
+
+def replay_of_header(headers) -> str | None:
+    """The ``ctloop-replay-of`` value of a record's headers (a list of (name, bytes) pairs, a dict, or None)."""
+    if not headers:
+        return None
+    pairs = headers.items() if isinstance(headers, dict) else headers
+    for name, value in pairs:
+        if name == REPLAY_OF_HEADER and value:
+            return value.decode("utf-8", "replace") if isinstance(value, (bytes, bytearray)) else str(value)
+    return None
+
+
 def _headers(reason: str, error_type: str, topic: str, partition, offset, extra=()) -> list[tuple[str, bytes]]:
     return [("ctloop-reason", reason.encode()), ("ctloop-error-type", error_type.encode()),
             ("ctloop-source-topic", topic.encode()), ("ctloop-source-partition", str(partition).encode()),
@@ -116,18 +133,20 @@ def _headers(reason: str, error_type: str, topic: str, partition, offset, extra=
 
 
 def publish_dead_letter(producer, topics: Topics, *, topic: str, partition: int, offset: int, key, value: bytes | None,
-                        reason: str, error_type: str, component: str) -> str:
+                        reason: str, error_type: str, component: str, replay_of: str | None = None) -> str:
     """Produce the DeadLetter of one record through ``producer`` (an EventProducer); returns the
     error_type sent (``record_too_large`` when the value or key had to be truncated to fit
-    ``producer.max_message_bytes``). Never raises RecordTooLarge."""
+    ``producer.max_message_bytes``). Never raises RecordTooLarge. ``replay_of``: the record's
+    ``ctloop-replay-of`` header (it was re-injected by ``ctloop dead-letters replay``), copied to the dead
+    letter so the replay skips it unless ``--again`` (:func:`replay_of_header`)."""
     if isinstance(key, str):
         key = key.encode()
     reason = reason if len(reason) <= MAX_REASON_CHARS else reason[:MAX_REASON_CHARS] + "..."
     limit = producer.max_message_bytes
-    extra: list[tuple[str, bytes]] = []
+    extra: list[tuple[str, bytes]] = [(REPLAY_OF_HEADER, replay_of.encode())] if replay_of else []
     if error_type == RECORD_TOO_LARGE:
         size, digest = len(value or b""), sha256_hex(value)
-        extra = [("ctloop-original-size", str(size).encode()), ("ctloop-original-sha256", digest.encode())]
+        extra += [("ctloop-original-size", str(size).encode()), ("ctloop-original-sha256", digest.encode())]
         reason = f"{reason} (value of {size} bytes, sha256 {digest})"
 
     def build(k, v, why, etype, hdr_extra):
@@ -143,7 +162,8 @@ def publish_dead_letter(producer, topics: Topics, *, topic: str, partition: int,
         why = (f"record_too_large: {reason}{first}; value of {size} bytes (sha256 {digest}) truncated in this "
                f"dead letter to fit max_message_bytes={limit}")
         key_out = key if key is None or len(key) <= 1024 else key[:1024]
-        hdr_extra = [("ctloop-original-size", str(size).encode()), ("ctloop-original-sha256", digest.encode()),
+        hdr_extra = [*extra[:1 if replay_of else 0],   # the ctloop-replay-of header, if any
+                     ("ctloop-original-size", str(size).encode()), ("ctloop-original-sha256", digest.encode()),
                      ("ctloop-original-key-size", str(len(key or b"")).encode()), ("ctloop-truncated", b"true")]
         empty, headers = build(key_out, b"", why, RECORD_TOO_LARGE, hdr_extra)
         room = limit - RECORD_OVERHEAD_BYTES - record_size(empty, key_out, headers) - 16  # 16: the length prefix
