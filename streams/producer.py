@@ -39,13 +39,17 @@ class DeliveryError(RuntimeError):
       Settings.producer_delivery_timeout_ms, a permanent broker error, or purged unsent at close), each a
       :class:`LostEvent`; ``count`` is their number (``lost`` keeps the first 100 000). Re-send them
       (``EventProducer.resend(err.lost)``): consumers deduplicate by event id, so one that was written
-      after all (``maybe_written``) is not counted twice.
+      after all (``maybe_written``) is not counted twice. After ``close()`` raised, the closed producer
+      takes nothing (``resend`` raises RuntimeError): re-send through a new one,
+      ``with EventProducer(settings) as p: p.resend(err.lost)`` (or ``with CtloopClient(settings) as c:
+      c.producer.resend(err.lost)``); each LostEvent carries its topic, key and value bytes, so any
+      producer can send it as it was.
     * ``in_flight``: events still queued or awaiting the broker's answer when flush's timeout passed.
       They are NOT lost: the client keeps retrying them until the delivery timeout; call flush() again
       (it reports them as delivered or lost). Do not re-send them.
     ``failures`` ("topic: error" strings) is kept for older callers."""
 
-    def __init__(self, lost: list[LostEvent], in_flight: int = 0, count: int | None = None):
+    def __init__(self, lost: list[LostEvent], in_flight: int = 0, count: int | None = None, closed: bool = False):
         self.lost = list(lost)
         self.count = len(self.lost) if count is None else count
         self.in_flight = in_flight
@@ -53,7 +57,8 @@ class DeliveryError(RuntimeError):
         parts = []
         if self.count:
             errors = sorted({e.error for e in self.lost})
-            parts.append(f"{self.count} event(s) lost (not delivered: {'; '.join(errors[:3])}); re-send them "
+            through = " through a new producer: this one is closed" if closed else ""
+            parts.append(f"{self.count} event(s) lost (not delivered: {'; '.join(errors[:3])}); re-send them{through} "
                          "(err.lost; consumers deduplicate by event id)")
         if in_flight:
             parts.append(f"{in_flight} event(s) still in flight, not lost: being retried until the delivery "
@@ -159,15 +164,20 @@ class EventProducer:
         remaining = self._producer.flush(timeout_s)
         self._raise_undelivered(remaining)
 
-    def _raise_undelivered(self, in_flight: int) -> None:
+    def _raise_undelivered(self, in_flight: int, closed: bool = False) -> None:
         with self._lock:
             lost, count = self._lost, self.failed
             self._lost, self.failed = [], 0
         if count or in_flight:
-            raise DeliveryError(lost, in_flight, count)
+            raise DeliveryError(lost, in_flight, count, closed)
 
     def resend(self, lost: list[LostEvent]) -> None:
-        """Produce lost events again, byte for byte (the same event ids)."""
+        """Produce lost events again, byte for byte (the same event ids). Then flush() (or close()) as usual.
+        A closed producer raises RuntimeError: after close() raised DeliveryError, re-send through a new
+        producer (``with EventProducer(settings) as p: p.resend(err.lost)``)."""
+        if self._closed and lost:
+            raise RuntimeError("producer is closed: re-send the lost events through a new one "
+                               "(with EventProducer(settings) as p: p.resend(err.lost))")
         for event in lost:
             self.produce_raw(event.topic, event.value, event.key)
 
@@ -182,7 +192,7 @@ class EventProducer:
             if remaining:
                 self._producer.purge(in_queue=True, in_flight=True, blocking=False)
                 self._producer.flush(min(5.0, timeout_s))   # serves the purged events' delivery reports
-            self._raise_undelivered(0)
+            self._raise_undelivered(0, closed=True)
         finally:
             self._closed = True
 

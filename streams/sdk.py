@@ -274,6 +274,9 @@ class CtloopClient:
         self.producer.flush(timeout_s)
 
     def close(self, timeout_s: float = 30.0) -> None:
+        """Flush and close the client's own producer (a producer passed in is only flushed). Raises
+        streams.producer.DeliveryError like flush; its ``lost`` events cannot go through this client any
+        more: re-send them through a new one (``with CtloopClient(settings) as c: c.producer.resend(err.lost)``)."""
         if self._owns_producer:
             self.producer.close(timeout_s)
         else:

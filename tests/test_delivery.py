@@ -79,3 +79,23 @@ def test_close_reports_unsent_events_as_lost(settings):
         producer.close(timeout_s=0.5)
     assert err.value.count == 4 and err.value.in_flight == 0
     assert sorted(e.key.decode() for e in err.value.lost) == sorted(pids)
+
+
+def test_after_close_raised_the_lost_events_are_resent_through_a_new_client(settings, topics):
+    """The README's advice after close(): the closed client refuses resend; a new client sends the lost
+    events byte for byte (the same event ids)."""
+    dead = settings.replace(bootstrap_servers=DEAD_BROKER)
+    client = CtloopClient(dead)                       # its own producer: close() closes it
+    pids = [client.log_prediction("d", {"x": float(i)}, label="a", model_version="1") for i in range(3)]
+    with pytest.raises(DeliveryError) as err:
+        client.close(timeout_s=0.5)
+    lost = err.value.lost
+    assert sorted(e.key.decode() for e in lost) == sorted(pids)
+    assert "re-send them through a new producer: this one is closed" in str(err.value)
+    with pytest.raises(RuntimeError, match="producer is closed: re-send the lost events through a new one"):
+        client.producer.resend(lost)
+    with CtloopClient(settings) as fresh:
+        fresh.producer.resend(lost)
+    events = read_to_end(settings, topics.predictions, timeout_s=30)
+    assert sorted(e.value["event_id"] for e in events) == sorted(e.event_id for e in lost)
+    assert sorted(e.value["prediction_id"] for e in events) == sorted(pids)
