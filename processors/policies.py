@@ -142,13 +142,15 @@ class PredictionJoin:
         p, s = e.primary, e.shadow
         if p is not None and s is not None and not e.pair_emitted and p["role"] == "primary":
             e.pair_emitted = True
-            out.append({"kind": "pair", "deployment": p["deployment"], "primary_version": p["version"],
+            out.append({"kind": "pair", "prediction_id": pid, "deployment": p["deployment"],
+                        "primary_version": p["version"],
                         "shadow_version": s["version"], "agree": p["label"] == s["label"],
                         "primary_latency_ms": p["latency_ms"], "shadow_latency_ms": s["latency_ms"]})
         if p is not None and s is not None and e.truth is not None and not e.labeled_pair_emitted \
                 and p["role"] == "primary":
             e.labeled_pair_emitted = True
-            out.append({"kind": "labeled_pair", "deployment": p["deployment"], "primary_version": p["version"],
+            out.append({"kind": "labeled_pair", "prediction_id": pid, "deployment": p["deployment"],
+                        "primary_version": p["version"],
                         "shadow_version": s["version"], "truth": e.truth, "primary_label": p["label"],
                         "shadow_label": s["label"]})
         if p is not None and not e.primary_emitted and (e.truth is not None or e.primary_incorrect):
@@ -164,11 +166,13 @@ class PredictionJoin:
 # --- aggregation ----------------------------------------------------------------------------------
 @dataclass
 class PairStats:
-    """Live statistics of one (deployment, primary_version, shadow_version)."""
+    """Live statistics of one (deployment, primary_version, shadow_version, shadow assignment revision)."""
 
     deployment: str
     primary_version: str
     shadow_version: str
+    shadow_revision: int | None = None
+    """The deployments revision that assigned ``shadow_version`` as shadow (None: not the assigned shadow)."""
     paired: int = 0
     agree: int = 0
     labeled: int = 0
@@ -202,7 +206,8 @@ class PairStats:
         """The fields of a ShadowComparison event (without event_id / event_time)."""
         return {
             "deployment": self.deployment, "primary_version": self.primary_version,
-            "shadow_version": self.shadow_version, "paired_samples": self.paired, "labeled_samples": self.labeled,
+            "shadow_version": self.shadow_version, "shadow_revision": self.shadow_revision,
+            "paired_samples": self.paired, "labeled_samples": self.labeled,
             "primary_metrics": classification_metrics(self.primary_confusion),
             "shadow_metrics": classification_metrics(self.shadow_confusion),
             "agreement_rate": self.agree / self.paired if self.paired else 0.0,
@@ -214,24 +219,84 @@ class PairStats:
         }
 
 
+class ShadowAssignments:
+    """Fold of DeploymentConfigured into shadow assignments: (shadow version, the revision that set it)
+    per deployment. The same rule as the promotion stage: a new assignment starts when the latest
+    settings name another shadow version than the current assignment (so the same version set again
+    after a clear, or after another shadow, is a new assignment)."""
+
+    def __init__(self):
+        self._revisions: dict[str, int] = {}
+        self.current: dict[str, tuple[str | None, int]] = {}
+
+    def apply(self, value: dict) -> tuple[str, str | None, int] | None:
+        """Fold one DeploymentConfigured; returns (deployment, shadow, revision) when the assignment changed."""
+        dep, revision = value["deployment"], int(value["revision"])
+        if revision < self._revisions.get(dep, -1):
+            return None
+        self._revisions[dep] = revision
+        shadow = value.get("shadow_model_version")
+        if dep in self.current and self.current[dep][0] == shadow:
+            return None
+        self.current[dep] = (shadow, revision)
+        return dep, shadow, revision
+
+
 class ComparisonAggregator:
     """Outcomes in, ShadowComparison records out, rate-limited: one every ``every`` new labeled pairs
-    of a version pair, or after ``interval_s`` seconds when something changed (see :meth:`due`)."""
+    of a version pair, or after ``interval_s`` seconds when something changed (see :meth:`due`).
 
-    def __init__(self, every: int = 100, interval_s: float = 10.0):
+    **Evidence belongs to one shadow assignment.** :meth:`assign` (fed from the deployments topic) tells
+    the current (shadow version, revision) of a deployment; statistics are kept per assignment and a new
+    assignment of a deployment drops the statistics of the earlier ones, so a version put in shadow again
+    starts from zero. A ``pair`` outcome counts for the assignment current when it arrives; its
+    ``labeled_pair`` (same ``prediction_id``, always after it) counts for the same assignment only, so
+    feedback arriving late for a prediction shadowed under an earlier assignment is never evidence for a
+    later one. Outcomes without ``prediction_id`` (written by an older join) count where they arrive."""
+
+    def __init__(self, every: int = 100, interval_s: float = 10.0, max_open_pairs: int = 200_000):
         self.every = max(1, int(every))
         self.interval_s = interval_s
-        self.stats: dict[tuple[str, str, str], PairStats] = {}
+        self.stats: dict[tuple[str, str, str, int | None], PairStats] = {}
+        self.assignments: dict[str, tuple[str | None, int]] = {}
+        self.max_open_pairs = max_open_pairs
+        self._open: OrderedDict[str, tuple] = OrderedDict()  # prediction id -> stats key of its pair outcome
+
+    def assign(self, deployment: str, shadow_version: str | None, revision: int) -> None:
+        """A new shadow assignment of ``deployment``: forget the statistics of its earlier assignments."""
+        if self.assignments.get(deployment) == (shadow_version, revision):
+            return
+        self.assignments[deployment] = (shadow_version, revision)
+        for key in [k for k in self.stats if k[0] == deployment]:
+            del self.stats[key]
+
+    def is_assigned(self, deployment: str, shadow_version: str) -> bool:
+        return self.assignments.get(deployment, (None, None))[0] == shadow_version
+
+    def key_of(self, outcome: dict) -> tuple[str, str, str, int | None]:
+        dep, shadow = outcome["deployment"], outcome["shadow_version"]
+        assigned, revision = self.assignments.get(dep, (None, None))
+        return dep, outcome["primary_version"], shadow, revision if assigned == shadow else None
 
     def add(self, outcome: dict, now_s: float) -> list[dict]:
         """Fold one outcome; returns the comparisons due because of it (0 or 1)."""
         if outcome["kind"] not in ("pair", "labeled_pair"):
             return []
-        key = (outcome["deployment"], outcome["primary_version"], outcome["shadow_version"])
+        pid = outcome.get("prediction_id")
+        if outcome["kind"] == "labeled_pair" and pid is not None:
+            key = self._open.pop(pid, None)
+            if key is None or key not in self.stats:
+                return []  # its pair counted for an earlier assignment (or was never seen): not evidence now
+        else:
+            key = self.key_of(outcome)
         stats = self.stats.get(key)
         if stats is None:
             stats = self.stats[key] = PairStats(*key, last_emit_s=now_s)
         stats.add(outcome)
+        if outcome["kind"] == "pair" and pid is not None:
+            self._open[pid] = key
+            if len(self._open) > self.max_open_pairs:
+                self._open.popitem(last=False)
         if stats.labeled - stats.labeled_at_last_emit >= self.every:
             return [self._emit(stats, now_s)]
         return []
@@ -301,11 +366,34 @@ class PromotionPolicy:
         if diff <= -threshold and pvalue < alpha_look:
             return Decision("reject", f"shadow {metric} {shadow:.4f} is worse than primary {primary:.4f} by "
                                       f"{-diff:.4f} (McNemar p={pvalue:.3g}) on {n} labeled pairs", evidence)
-        cap = int(math.ceil(self.max_samples_factor * min_samples))
+        cap = self.cap(min_samples)
         if n >= cap:
             return Decision("reject", f"shadow not significantly better after {n} labeled pairs "
                                       f"(cap {cap}): {metric} difference {diff:+.4f}, McNemar p={pvalue:.3g}", evidence)
         return None
+
+
+    def cap(self, min_samples: int) -> int:
+        return int(math.ceil(self.max_samples_factor * max(1, int(min_samples))))
+
+    def waiting_reason(self, config: dict, comparison: dict) -> str | None:
+        """Why :meth:`decide` waits on ``comparison`` (None: it decides, or continuous deployment is off)."""
+        if not config.get("continuous_deployment_enabled") or self.decide(config, comparison) is not None:
+            return None
+        min_samples = max(1, int(config.get("promotion_min_samples", 1000)))
+        n = int(comparison["labeled_samples"])
+        if n < min_samples:
+            return f"too few labeled pairs: {n} of {min_samples}"
+        metric = config.get("promotion_metric", "accuracy")
+        threshold = float(config.get("promotion_threshold", 0.05))
+        alpha_look = float(config.get("significance_level", 0.05)) / max(1, math.ceil(self.max_samples_factor))
+        diff = (float(comparison["shadow_metrics"].get(metric, 0.0))
+                - float(comparison["primary_metrics"].get(metric, 0.0)))
+        pvalue = comparison.get("mcnemar_pvalue")
+        pvalue = 1.0 if pvalue is None else float(pvalue)
+        return (f"no significant difference yet on {n} labeled pairs: {metric} difference {diff:+.4f} "
+                f"(promote at >= {threshold:g}, reject at <= {-threshold:g}), McNemar p={pvalue:.3g} "
+                f"(needs < {alpha_look:.3g}); rejected at {self.cap(min_samples)} labeled pairs if not better by then")
 
 
 # --- rollback -------------------------------------------------------------------------------------

@@ -10,7 +10,9 @@
   (ModelPromoted / CandidateRejected stage shadow) carries ``shadow_revision`` (the assignment),
   ``expected_champion`` and ``expected_state`` (compare-and-set: a fold refuses it if another decision
   came first), then the shadow is cleared if it is still that version. A version promoted once and put in
-  shadow again later is a new assignment and is decided again.
+  shadow again later is a new assignment and is decided again, on its own evidence only: a comparison
+  is judged only when its ``shadow_revision`` is the current assignment's (the shadow comparison stage
+  counts per assignment).
 * A worker that died between publishing a decision and clearing the shadow clears it on restart (the
   recheck timer clears every decided assignment still set).
 * ``primary`` outcomes of the shadow-comparison join (internal topic) give live accuracy per version;
@@ -206,6 +208,8 @@ def register(app, ctx) -> None:
                 return
         if not config or assigned != version:
             return  # not the assigned shadow (any more, or yet: re-evaluated when the settings change)
+        if comparison.get("shadow_revision") != revision:
+            return  # evidence of another (earlier) assignment of this version, or of none: not this one's
         champion = champion_mv.version if champion_mv else None
         if champion is not None and champion != comparison["primary_version"]:
             return  # a comparison against a former champion

@@ -11,17 +11,25 @@ Two steps (docs/SERVING.md, "Shadow comparison"):
    deployment whatever worker joined it, folds them per (deployment, primary_version, shadow_version)
    in a :class:`ComparisonAggregator` and publishes ShadowComparison events on shadow-comparisons,
    rate-limited (every ``shadow_comparison_every`` labeled pairs, or ``shadow_comparison_interval_s``).
+   **Evidence belongs to one shadow assignment**: the agent follows the deployments topic (a
+   :class:`streams.follower.TopicFollower` thread hands the assignment changes over a queue) and starts
+   fresh statistics when a deployment's shadow assignment (version, revision) changes; each
+   ShadowComparison carries ``shadow_revision``, the revision of the assignment its counts belong to.
 
 The promotion stage also reads the outcomes topic (``primary`` outcomes: live accuracy per version).
 """
 from __future__ import annotations
 
+import asyncio
 import logging
+import queue
+import threading
 import time
 
 from processors.dead_letters import dead_letter_failure, decode_message
-from processors.policies import ComparisonAggregator, PredictionJoin
+from processors.policies import ComparisonAggregator, PredictionJoin, ShadowAssignments
 from streams import catalog as ev
+from streams.consumer import end_offsets
 from streams.record_size import RecordTooLarge, json_batches
 from streams.serde import new_event
 
@@ -104,18 +112,88 @@ def register(app, ctx) -> None:
         if comparisons:
             ctx.producer.poll(0)
 
+    # --- shadow assignments, from the deployments topic (folded in a follower thread, applied here) ---
+    changes: queue.SimpleQueue = queue.SimpleQueue()  # (deployment, shadow version, revision)
+    assignments = ShadowAssignments()  # follower thread only
+    follower_box: dict = {}
+    handled: dict = {}  # (topic, partition) -> next offset, once its events were handed over
+    last_sync: dict = {}  # (deployment, shadow version) -> monotonic time of the last sync
+
+    def on_deployment(event) -> None:
+        if event.event_type == ev.DEPLOYMENT_CONFIGURED:
+            change = assignments.apply(event.value)
+            if change is not None:
+                changes.put(change)
+
+    def follower():
+        from streams.follower import TopicFollower
+
+        if "f" not in follower_box:  # started with the worker, not when the app is built
+            f = follower_box["f"] = TopicFollower(settings, [topics.deployments], on_deployment,
+                                                  on_batch=lambda: handled.update(f.positions), serde=ctx.serde,
+                                                  name="shadow-assignments")
+            f.start()
+        return follower_box["f"]
+
+    def apply_changes() -> None:
+        while True:
+            try:
+                aggregator.assign(*changes.get_nowait())
+            except queue.Empty:
+                return
+
+    def sync(timeout_s: float = 5.0) -> None:
+        """Blocking: wait until the follower has handed over every deployments event in the log now."""
+        f = follower()
+        if not f.caught_up.wait(30.0):
+            log.warning("shadow_comparison: deployments follower has not caught up; counting without it")
+            return
+        ends = end_offsets(settings, topics.deployments)
+        deadline = time.monotonic() + timeout_s
+        waiter = threading.Event()
+        while any(handled.get((topics.deployments, p), 0) < end for p, end in ends.items()):
+            if time.monotonic() > deadline:
+                log.warning("shadow_comparison: deployments follower not at %s after %.0fs", ends, timeout_s)
+                return
+            waiter.wait(0.02)
+
+    @app.task
+    async def start_shadow_assignments():
+        follower()
+
+    @app.on_before_shutdown.connect
+    async def stop_shadow_assignments(sender, **kwargs):  # noqa: ARG001 - faust signal signature
+        f = follower_box.pop("f", None)
+        if f is not None:
+            f.stop(5)
+
+    async def aggregate(outcome: dict) -> None:
+        if outcome.get("kind") == "pair" or (outcome.get("kind") == "labeled_pair" and "prediction_id" not in outcome):
+            key = (outcome["deployment"], outcome["shadow_version"])
+            now = time.monotonic()
+            # not the assigned shadow as far as we know: maybe the follower has not read its assignment yet
+            if not aggregator.is_assigned(*key) and now - last_sync.get(key, -1e9) >= 1.0:
+                last_sync[key] = now
+                await asyncio.get_running_loop().run_in_executor(None, sync)
+                apply_changes()
+        publish(aggregator.add(outcome, time.monotonic()))
+
     @app.agent(outcomes, name=f"{topics.prefix}shadow-aggregate")
     async def shadow_aggregate(stream):
         async for message in stream:
             try:
+                if not follower().caught_up.is_set():  # the assignments before the first outcome
+                    await asyncio.get_running_loop().run_in_executor(None, follower().caught_up.wait, 30.0)
+                apply_changes()
                 for outcome in iter_outcomes(message):
-                    publish(aggregator.add(outcome, time.monotonic()))
+                    await aggregate(outcome)
             except Exception:  # noqa: BLE001 - logged; the stage keeps running
                 log.exception("shadow_comparison: aggregating outcomes failed")
 
     @app.timer(interval=max(0.2, min(1.0, settings.shadow_comparison_interval_s / 2)))
     async def shadow_flush():
         try:
+            apply_changes()
             publish(aggregator.due(time.monotonic()))
         except Exception:  # noqa: BLE001 - an exception in a faust timer would stop the worker
             log.exception("shadow_comparison: publishing due comparisons failed")

@@ -243,3 +243,39 @@ def test_a_decision_whose_shadow_was_not_cleared_is_cleared_on_restart(loop):
         assert reader.all()[dep]["change"] == "promotion_decided"
     finally:
         reader.close()
+
+
+def test_evidence_of_an_earlier_assignment_is_not_judged_again(loop):
+    """Stale evidence: v2 beats v1 in shadow and is promoted; the operator rolls back to v1 and puts v2 in
+    shadow again (a new assignment) where both are right. 5 fresh pairs (min_samples 30) must not promote
+    v2 "on 45 labeled pairs": the 40 earlier ones belong to the earlier assignment."""
+    from infra.commands.serving import deployment_status, manual_rollback
+
+    settings, topics, client, _ = loop
+    dep = "stale"
+    setup(client, dep, min_samples=30)
+    log_pairs(client, dep, [(i % 10 < 6, True) for i in range(40)])        # v1 60 %, v2 100 %
+    wait_event(settings, topics.model_updates, dep, lambda e: e.event_type == ev.MODEL_PROMOTED, "v2 promoted")
+    wait_for(lambda: client.deployments.all().get(dep, {}).get("shadow_model_version", "v2") is None, 20,
+             "the shadow cleared after the promotion")
+    manual_rollback(settings, dep, "v1", reason="operator prefers v1", force=True)  # the artifacts are fake
+    revision = client.set_shadow_model(dep, "v2")["revision"]
+    log_pairs(client, dep, [(True, True)] * 5)                               # equal on the new assignment
+    fresh = wait_event(settings, topics.shadow_comparisons, dep, lambda e: e.value.get("shadow_revision") == revision
+                       and e.value["labeled_samples"] == 5, "a comparison of the 5 fresh pairs")
+    assert fresh.value["primary_version"] == "v1" and fresh.value["mcnemar_pvalue"] == 1.0
+    earlier = [e.value for e in events(settings, topics.shadow_comparisons, dep)
+               if e.value["shadow_revision"] != revision]
+    assert earlier and all(c["shadow_revision"] < revision for c in earlier)
+    status = deployment_status(settings, dep)
+    assert (status["champion"], status["shadow"], status["shadow_revision"]) == ("v1", "v2", revision)
+    assert status["policy_waiting"] == "too few labeled pairs: 5 of 30"
+    # a barrier: 30 pairs where v2 is wrong. The stage judges this deployment's comparisons in order, so
+    # the rejection they bring shows that the 5-pair comparison before them was judged and did not promote
+    log_pairs(client, dep, [(True, False)] * 30)
+    wait_event(settings, topics.model_updates, dep, lambda e: e.event_type == ev.CANDIDATE_REJECTED, "v2 rejected")
+    decisions = [(e.event_type, e.value.get("model_version") or e.value.get("to_version"))
+                 for e in events(settings, topics.model_updates, dep)]
+    assert decisions == [(ev.MODEL_PROMOTED, "v2"), (ev.MODEL_ROLLED_BACK, "v1"), (ev.CANDIDATE_REJECTED, "v2")]
+    rejected = events(settings, topics.model_updates, dep, {ev.CANDIDATE_REJECTED})[0].value
+    assert rejected["shadow_revision"] == revision and "worse" in rejected["reasons"][0]

@@ -6,7 +6,7 @@ import random
 import pytest
 
 from processors.policies import (ComparisonAggregator, PredictionJoin, PromotionPolicy, RollbackWatch,
-                                 classification_metrics, mcnemar_pvalue, percentile)
+                                 ShadowAssignments, classification_metrics, mcnemar_pvalue, percentile)
 
 CD = {"continuous_deployment_enabled": True, "promotion_min_samples": 100, "promotion_threshold": 0.05,
       "promotion_metric": "accuracy", "significance_level": 0.05, "rollback_margin": 0.05}
@@ -97,6 +97,64 @@ def test_aggregator_rate_limits_by_count_and_time():
     c = late[0]
     assert c["paired_samples"] == 120 and 0 < c["agreement_rate"] < 1 and c["shadow_latency_p95_ms"] == 2.0
     assert set(c["primary_metrics"]) == {"accuracy", "precision", "recall", "f1"}
+
+
+def joined(join, pid, p_ok, s_ok, *, feedback=True, pv="v1", sv="v2"):
+    """The outcomes of one primary + shadow prediction (truth "a"), with or without its feedback."""
+    out = join.on_prediction(pred(pid, pv, "a" if p_ok else "b"))
+    out += join.on_prediction(pred(pid, sv, "a" if s_ok else "b", role="shadow"))
+    return out + (join.on_feedback(fb(pid, "a")) if feedback else [])
+
+
+def test_evidence_belongs_to_one_shadow_assignment():
+    """Stale evidence (issue 17.3 follow-up): v2 beats v1 in shadow (assignment revision 1) and is
+    promoted; v1 is back as champion and v2 in shadow again (revision 3): the earlier pairs, and the
+    late feedback of predictions shadowed under revision 1, are not evidence for revision 3."""
+    join, agg, policy = PredictionJoin(), ComparisonAggregator(every=10 ** 9, interval_s=0.0), PromotionPolicy(3.0)
+    config = dict(CD, promotion_min_samples=30)
+    folds = ShadowAssignments()
+    agg.assign(*folds.apply({"deployment": "d", "revision": 1, "shadow_model_version": "v2"}))
+    for i in range(40):
+        [agg.add(o, 0.0) for o in joined(join, f"a{i}", i % 10 < 6, True)]
+    for i in range(10):  # shadowed under revision 1, feedback not in yet
+        [agg.add(o, 0.0) for o in joined(join, f"late{i}", False, True, feedback=False)]
+    first = agg.due(1.0)
+    assert [(c["shadow_revision"], c["labeled_samples"]) for c in first] == [(1, 40)]
+    assert policy.decide(config, first[0]).action == "promote"
+
+    # promotion clears the shadow (revision 2), the operator sets v2 again (revision 3): a new assignment
+    assert folds.apply({"deployment": "d", "revision": 2, "shadow_model_version": None}) == ("d", None, 2)
+    agg.assign("d", None, 2)
+    assert folds.apply({"deployment": "d", "revision": 3, "shadow_model_version": "v2"}) == ("d", "v2", 3)
+    assert folds.apply({"deployment": "d", "revision": 4, "shadow_model_version": "v2"}) is None  # same one
+    agg.assign("d", "v2", 3)
+    assert agg.due(2.0) == []  # nothing counted for revision 3 yet
+    for i in range(10):  # the late feedback of revision 1's predictions: v2 right, v1 wrong
+        [agg.add(o, 3.0) for o in join.on_feedback(fb(f"late{i}", "a"))]
+    for i in range(5):  # fresh pairs, both right
+        [agg.add(o, 3.0) for o in joined(join, f"b{i}", True, True)]
+    fresh = agg.due(10.0)
+    assert [(c["shadow_revision"], c["labeled_samples"], c["paired_samples"]) for c in fresh] == [(3, 5, 5)]
+    assert fresh[0]["mcnemar_pvalue"] == 1.0
+    assert policy.decide(config, fresh[0]) is None
+    assert policy.waiting_reason(config, fresh[0]) == "too few labeled pairs: 5 of 30"
+    # equal models past min_samples: still waiting (then rejected at the cap), and it says why
+    for i in range(30):
+        [agg.add(o, 11.0) for o in joined(join, f"c{i}", True, True)]
+    equal = agg.due(30.0)[0]
+    assert equal["labeled_samples"] == 35 and policy.decide(config, equal) is None
+    assert "no significant difference yet on 35 labeled pairs" in policy.waiting_reason(config, equal)
+
+
+def test_outcomes_of_a_shadow_not_assigned_count_apart():
+    agg = ComparisonAggregator(every=10 ** 9, interval_s=0.0)
+    agg.assign("d", "v3", 5)
+    out = feed(agg, 20, 0.5, 1.0, random.Random(2))  # v2 outcomes (and old ones without prediction ids)
+    assert out == [] and [c["shadow_revision"] for c in agg.due(1.0)] == [None]
+    agg.assign("d", "v2", 6)  # a new assignment drops what came before it
+    assert agg.stats == {} and agg.due(2.0) == []
+    feed(agg, 3, 1.0, 1.0, random.Random(3))
+    assert [(c["shadow_revision"], c["labeled_samples"]) for c in agg.due(3.0)] == [(6, 3)]
 
 
 def comparison_of(n, p_correct, s_correct, seed):

@@ -310,12 +310,22 @@ def test_status_says_why_the_policy_does_not_decide_the_latest_comparison():
     from infra.commands.serving import policy_waiting
 
     config = {"continuous_deployment_enabled": True, "shadow_model_version": "v1", "promotion_min_samples": 100}
-    comparison = {"primary_version": "v2", "shadow_version": "v1", "labeled_samples": 40}
-    assert policy_waiting(config, "v2", comparison) == "waiting for labeled pairs: 40 of 100"
-    assert "not the champion v3" in policy_waiting(config, "v3", comparison)
-    assert "not of the shadow (none)" in policy_waiting(dict(config, shadow_model_version=None), "v2", comparison)
-    assert "off" in policy_waiting(dict(config, continuous_deployment_enabled=False), "v2", comparison)
-    assert policy_waiting(config, "v2", dict(comparison, labeled_samples=100)) is None
+    equal = {"accuracy": 0.9}
+    comparison = {"primary_version": "v2", "shadow_version": "v1", "shadow_revision": 7, "labeled_samples": 40,
+                  "primary_metrics": equal, "shadow_metrics": equal, "mcnemar_pvalue": 1.0}
+    assert policy_waiting(config, "v2", comparison, 7) == "too few labeled pairs: 40 of 100"
+    assert "not the champion v3" in policy_waiting(config, "v3", comparison, 7)
+    assert "not of the shadow (none)" in policy_waiting(dict(config, shadow_model_version=None), "v2", comparison, 7)
+    assert "off" in policy_waiting(dict(config, continuous_deployment_enabled=False), "v2", comparison, 7)
+    # evidence of an earlier assignment of the same version (issue: stale evidence) is not judged
+    assert "earlier assignment of v1 (revision 7)" in policy_waiting(config, "v2", comparison, 9)
+    unnamed = dict(comparison, shadow_revision=None)
+    assert "does not name its shadow assignment" in policy_waiting(config, "v2", unnamed, 9)
+    # enough pairs, equal models: still waiting, and status says on what
+    waiting = policy_waiting(config, "v2", dict(comparison, labeled_samples=100), 7)
+    assert waiting.startswith("no significant difference yet on 100 labeled pairs") and "rejected at 300" in waiting
+    better = dict(comparison, labeled_samples=100, shadow_metrics={"accuracy": 1.0}, mcnemar_pvalue=1e-6)
+    assert policy_waiting(config, "v2", better, 7) is None  # the policy decides on it
 
 
 def test_an_update_naming_a_version_never_registered_does_not_stall_serving(settings, topics):

@@ -24,6 +24,7 @@ def deployment_status(settings: Settings, deployment: str, *, decisions: int = 1
     FeedbackLoopStats by offset in the deployment's feedback-stats partition, see
     :mod:`processors.latest_stats`) and recent decisions of a deployment."""
     from processors.latest_stats import latest_feedback_stats
+    from processors.policies import PromotionPolicy, ShadowAssignments
     from streams.consumer import read_to_end
     from streams.deployments import DeploymentSettingsClient
     from streams.topics import Topics
@@ -38,6 +39,11 @@ def deployment_status(settings: Settings, deployment: str, *, decisions: int = 1
     finally:
         settings_client.close()
     champion = registry.champion(deployment)
+    assignments = ShadowAssignments()  # the revision of the current shadow assignment, as the policy folds it
+    for e in read_to_end(settings, topics.deployments, timeout_s=timeout_s):
+        if e.event_type == ev.DEPLOYMENT_CONFIGURED and e.value.get("deployment") == deployment:
+            assignments.apply(e.value)
+    assignment_revision = assignments.current.get(deployment, (None, None))[1]
     comparisons = [e.value for e in read_to_end(settings, topics.shadow_comparisons, timeout_s=timeout_s)
                    if e.value.get("deployment") == deployment]
     updates = [e for e in read_to_end(settings, topics.model_updates, timeout_s=timeout_s)
@@ -69,8 +75,10 @@ def deployment_status(settings: Settings, deployment: str, *, decisions: int = 1
                                               "significance_level", "rollback_margin")},
         "versions": [{"version": m.version, "alias": m.alias} for m in registry.versions(deployment)],
         "live_comparison": comparisons[-1] if comparisons else None,
+        "shadow_revision": assignment_revision,
         "policy_waiting": policy_waiting(config, champion.version if champion else None,
-                                         comparisons[-1] if comparisons else None),
+                                         comparisons[-1] if comparisons else None, assignment_revision,
+                                         policy=PromotionPolicy(settings.promotion_max_samples_factor)),
         "feedback_loop": _feedback_loop(feedback),
         "recent_decisions": recent,
         "refused_decisions": [{"time": r.event_time, "event": r.event_type, "version": r.version,
@@ -79,9 +87,13 @@ def deployment_status(settings: Settings, deployment: str, *, decisions: int = 1
     }
 
 
-def policy_waiting(config: dict, champion: str | None, comparison: dict | None) -> str | None:
-    """Why the promotion policy does not decide on the latest comparison now (None: it judges it, or
-    there is none). The same conditions as ``processors.promotion`` (before the statistics)."""
+def policy_waiting(config: dict, champion: str | None, comparison: dict | None, assignment_revision: int | None = None,
+                   *, policy=None) -> str | None:
+    """Why the promotion policy does not decide on the latest comparison now (None: it decides on it,
+    or there is none). The same conditions as ``processors.promotion``, then the policy's own
+    (:meth:`processors.policies.PromotionPolicy.waiting_reason`). ``assignment_revision``: the revision
+    of the current shadow assignment (a comparison of another one is not judged)."""
+    from processors.policies import PromotionPolicy
     if comparison is None:
         return None
     if not config.get("continuous_deployment_enabled"):
@@ -93,10 +105,13 @@ def policy_waiting(config: dict, champion: str | None, comparison: dict | None) 
     if champion is not None and comparison["primary_version"] != champion:
         return (f"the latest comparison is against {comparison['primary_version']}, not the champion {champion}: "
                 f"waiting for a comparison against the champion")
-    needed = int(config.get("promotion_min_samples") or 0)
-    if int(comparison["labeled_samples"]) < needed:
-        return f"waiting for labeled pairs: {comparison['labeled_samples']} of {needed}"
-    return None
+    revision = comparison.get("shadow_revision")
+    if revision != assignment_revision:
+        counted = ("does not name its shadow assignment" if revision is None
+                   else f"counts an earlier assignment of {shadow} (revision {revision})")
+        return (f"the latest comparison {counted}, not the current one (revision {assignment_revision}): it is not "
+                f"judged; waiting for a comparison of the current assignment")
+    return (policy or PromotionPolicy()).waiting_reason(config, comparison)
 
 
 def _publish(settings: Settings, event_type: str, record: dict) -> dict:
