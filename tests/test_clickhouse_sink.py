@@ -170,3 +170,25 @@ def test_the_sink_dead_letters_only_the_topics_it_owns_and_survives_oversized_re
                                  f"{ch_settings.clickhouse_database}.dead_letters").result_rows
         assert sink.consumer.skipped == 2
     assert dead == [("clickhouse-sink", "undecodable", topics.deployments)]
+
+
+def test_every_top_level_event_field_has_a_column(ch_settings):
+    """A field added to an event schema (with its Avro default) also gets its column (infra/sql/), or the
+    sink would silently drop it: decisions' expected_champion/forced, triggers' idempotency_key..."""
+    from infra.clickhouse import table_columns
+
+    client = connect(ch_settings)
+    try:
+        missing = {}
+        for event_type, table in TABLES.items():
+            columns = set(table_columns(client, ch_settings.clickhouse_database, table))
+            if "settings_json" in columns:   # the whole event is kept as JSON (deployment_configs)
+                continue
+            fields = set(ev.default_catalog()[event_type].field_names)
+            flattened = {"lineage", "snapshot", "features"}  # stored as derived columns (processors/clickhouse_sink.py)
+            lost = sorted(fields - columns - flattened)
+            if lost:
+                missing[table] = lost
+    finally:
+        client.close()
+    assert not missing, f"event fields without a column (add them in infra/sql/): {missing}"
