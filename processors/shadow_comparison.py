@@ -29,7 +29,7 @@ import time
 from processors.dead_letters import dead_letter_failure, decode_message
 from processors.policies import ComparisonAggregator, PredictionJoin, ShadowAssignments
 from streams import catalog as ev
-from streams.consumer import end_offsets
+from streams.consumer import end_offset_consumer, end_offsets
 from streams.record_size import RecordTooLarge, json_batches
 from streams.serde import new_event
 
@@ -117,7 +117,8 @@ def register(app, ctx) -> None:
     assignments = ShadowAssignments()  # follower thread only
     follower_box: dict = {}
     handled: dict = {}  # (topic, partition) -> next offset, once its events were handed over
-    last_sync: dict = {}  # (deployment, shadow version) -> monotonic time of the last sync
+    syncs = {"started": -1e9}  # monotonic time the last sync started
+    mismatches: dict = {}  # (deployment, shadow version) -> [first, last] time it was seen not assigned
 
     def on_deployment(event) -> None:
         if event.event_type == ev.DEPLOYMENT_CONFIGURED:
@@ -148,7 +149,9 @@ def register(app, ctx) -> None:
         if not f.caught_up.wait(30.0):
             log.warning("shadow_comparison: deployments follower has not caught up; counting without it")
             return
-        ends = end_offsets(settings, topics.deployments)
+        if "consumer" not in follower_box:
+            follower_box["consumer"] = end_offset_consumer(settings)
+        ends = end_offsets(settings, topics.deployments, consumer=follower_box["consumer"])
         deadline = time.monotonic() + timeout_s
         waiter = threading.Event()
         while any(handled.get((topics.deployments, p), 0) < end for p, end in ends.items()):
@@ -166,27 +169,46 @@ def register(app, ctx) -> None:
         f = follower_box.pop("f", None)
         if f is not None:
             f.stop(5)
+        consumer = follower_box.pop("consumer", None)
+        if consumer is not None:
+            consumer.close()
 
-    async def aggregate(outcome: dict) -> None:
+    async def aggregate(outcome: dict, received_s: float) -> None:
         if outcome.get("kind") == "pair" or (outcome.get("kind") == "labeled_pair" and "prediction_id" not in outcome):
             key = (outcome["deployment"], outcome["shadow_version"])
-            now = time.monotonic()
-            # not the assigned shadow as far as we know: maybe the follower has not read its assignment yet
-            if not aggregator.is_assigned(*key) and now - last_sync.get(key, -1e9) >= 1.0:
-                last_sync[key] = now
+            if not aggregator.is_assigned(*key) and needs_sync(key, received_s):
+                # not the assigned shadow as far as we know: maybe the follower has not read its assignment
+                # yet. The app wrote it before shadowing, so a sync started after this outcome arrived sees it
+                syncs["started"] = time.monotonic()
                 await asyncio.get_running_loop().run_in_executor(None, sync)
                 apply_changes()
         publish(aggregator.add(outcome, time.monotonic()))
 
+    def needs_sync(key, received_s: float) -> bool:
+        if syncs["started"] >= received_s:
+            return False  # a sync started after this outcome arrived: what it could depend on is folded
+        now = time.monotonic()
+        seen = mismatches.get(key)
+        if seen is None or now - seen[1] > 2.0:
+            seen = mismatches[key] = [now, now]  # a new run of outcomes of a shadow not assigned
+        seen[1] = now
+        # a version shadowed without an assignment for long (stragglers are over in seconds; a new
+        # assignment's first pairs come right after a gap): sync at most once a second for it
+        if now - seen[0] > 10.0 and now - syncs.get(key, -1e9) < 1.0:
+            return False
+        syncs[key] = now
+        return True
+
     @app.agent(outcomes, name=f"{topics.prefix}shadow-aggregate")
     async def shadow_aggregate(stream):
         async for message in stream:
+            received_s = time.monotonic()  # not before the outcomes topic delivered it
             try:
                 if not follower().caught_up.is_set():  # the assignments before the first outcome
                     await asyncio.get_running_loop().run_in_executor(None, follower().caught_up.wait, 30.0)
                 apply_changes()
                 for outcome in iter_outcomes(message):
-                    await aggregate(outcome)
+                    await aggregate(outcome, received_s)
             except Exception:  # noqa: BLE001 - logged; the stage keeps running
                 log.exception("shadow_comparison: aggregating outcomes failed")
 
