@@ -15,3 +15,6 @@ ALTER TABLE {db}.models_rolled_back ADD COLUMN IF NOT EXISTS forced Bool;
 ALTER TABLE {db}.candidates_rejected ADD COLUMN IF NOT EXISTS expected_champion Nullable(String);
 ALTER TABLE {db}.candidates_rejected ADD COLUMN IF NOT EXISTS expected_state Nullable(String);
 ALTER TABLE {db}.candidates_rejected ADD COLUMN IF NOT EXISTS shadow_revision Nullable(Int64);
+
+-- ShadowComparison.shadow_revision: the shadow assignment its counts belong to (docs/SERVING.md).
+ALTER TABLE {db}.shadow_comparisons ADD COLUMN IF NOT EXISTS shadow_revision Nullable(Int64);
