@@ -77,21 +77,12 @@ def ensure_internal_topics(admin, settings, timeout_s: float = 30.0) -> list[str
     """Create the internal deployment-keyed topics that are missing (``default_partitions`` partitions,
     so they are co-partitioned with feedback-stats and drift; 7 days' retention). Returns their names.
     RuntimeError naming the topic when the broker refuses one."""
-    from confluent_kafka import KafkaError
+    from streams.topics import create_topics
 
     specs = internal_topic_specs(settings)
-    names = [s.topic for s in specs]
     existing = set(admin.list_topics(timeout=timeout_s).topics)
-    missing = [s for s in specs if s.topic not in existing]
-    if missing:
-        for name, fut in admin.create_topics(missing, operation_timeout=timeout_s).items():
-            try:
-                fut.result(timeout_s)
-            except Exception as exc:  # noqa: BLE001 - one that exists already is fine
-                err = exc.args[0] if exc.args else None
-                if getattr(err, "code", lambda: None)() != KafkaError.TOPIC_ALREADY_EXISTS:
-                    raise RuntimeError(f"cannot create internal topic {name}: {exc}") from exc
-    return names
+    create_topics(admin, [s for s in specs if s.topic not in existing], timeout_s)
+    return [s.topic for s in specs]
 
 
 def forget_unassigned(table, assigned: set[int], partition_of) -> int:

@@ -24,6 +24,8 @@ import time
 import uuid
 from typing import Iterable
 
+from streams.topics import create_topics
+
 log = logging.getLogger(__name__)
 
 
@@ -93,20 +95,6 @@ def own_topic_specs(settings, app) -> list:
     return specs
 
 
-def _create(admin, specs, timeout_s: float) -> None:
-    from confluent_kafka import KafkaError
-
-    if not specs:
-        return
-    for name, fut in admin.create_topics(list(specs), operation_timeout=timeout_s).items():
-        try:
-            fut.result(timeout_s)
-        except Exception as exc:  # noqa: BLE001 - one that exists already is fine
-            err = exc.args[0] if exc.args else None
-            if getattr(err, "code", lambda: None)() != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise RuntimeError(f"cannot create topic {name}: {exc}") from exc
-
-
 def repair_own_topics(bootstrap_servers: str, specs, timeout_s: float = 30.0) -> list[str]:
     """Create the topics of ``specs`` (NewTopic) that are missing, then delete and create again those
     with an unreadable partition (:func:`unreadable_partitions`). Returns the names made again.
@@ -116,7 +104,7 @@ def repair_own_topics(bootstrap_servers: str, specs, timeout_s: float = 30.0) ->
     admin = AdminClient({"bootstrap.servers": bootstrap_servers, "log.connection.close": False})
     by_name = {s.topic: s for s in specs}
     existing = set(admin.list_topics(timeout=timeout_s).topics)
-    _create(admin, [s for n, s in by_name.items() if n not in existing], timeout_s)
+    create_topics(admin, [s for n, s in by_name.items() if n not in existing], timeout_s)
     broken = unreadable_partitions(bootstrap_servers, by_name, timeout_s=min(10.0, timeout_s))
     if not broken:
         return []
@@ -133,7 +121,7 @@ def repair_own_topics(bootstrap_servers: str, specs, timeout_s: float = 30.0) ->
         if time.monotonic() > deadline:
             raise RuntimeError(f"topics {sorted(broken)} not deleted within {timeout_s}s")
         time.sleep(0.05)   # polling the deletion inside a deadline loop
-    _create(admin, [by_name[n] for n in sorted(broken)], timeout_s)
+    create_topics(admin, [by_name[n] for n in sorted(broken)], timeout_s)
     still = unreadable_partitions(bootstrap_servers, broken, timeout_s=min(10.0, timeout_s))
     if still:
         raise RuntimeError(f"topics still unreadable after they were made again: {still}")

@@ -55,7 +55,7 @@ from streams import catalog as ev
 from streams.consumer import read_messages_to_end
 from streams.dead_letters import REPLAY_OF_HEADER as REPLAY_HEADER
 from streams.serde import DecodeError, Serde
-from streams.topics import Topics
+from streams.topics import Topics, create_topics
 
 LEDGER_KEY = "dead-letter-replays"
 
@@ -109,13 +109,8 @@ def ensure_ledger_topic(settings, timeout_s: float = 15.0) -> None:
     name = ledger_topic(settings)
     if name in admin.list_topics(timeout=timeout_s).topics:
         return
-    futures = admin.create_topics([NewTopic(name, 1, settings.replication_factor,
-                                            config={"cleanup.policy": "compact"})])
-    try:
-        futures[name].result(timeout_s)
-    except Exception as exc:  # noqa: BLE001 - created meanwhile by another replay
-        if "already exists" not in str(exc).lower() and "TOPIC_ALREADY_EXISTS" not in str(exc):
-            raise
+    create_topics(admin, [NewTopic(name, 1, settings.replication_factor, config={"cleanup.policy": "compact"})],
+                  timeout_s)   # created meanwhile by another replay: fine
 
 
 def _read_all(settings, topic: str, timeout_s: float):

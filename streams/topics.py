@@ -100,11 +100,31 @@ class Topics:
         return [self.name(k) for k in self.specs]
 
 
+def create_topics(admin, new_topics: list, timeout_s: float = 15.0) -> dict[str, str]:
+    """Create ``new_topics`` (confluent_kafka.admin.NewTopic) with ``admin``; one that exists already
+    (created meanwhile by another process) is fine. Returns {topic: "created" | "exists"}; raises
+    RuntimeError naming the topic for any other failure."""
+    from confluent_kafka import KafkaError
+
+    result: dict[str, str] = {}
+    if not new_topics:
+        return result
+    for name, future in admin.create_topics(list(new_topics), request_timeout=timeout_s).items():
+        try:
+            future.result(timeout_s)
+            result[name] = "created"
+        except Exception as exc:  # noqa: BLE001 - KafkaException carrying a KafkaError
+            err = exc.args[0] if exc.args else None
+            if getattr(err, "code", lambda: None)() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise RuntimeError(f"cannot create topic {name}: {exc}") from exc
+            result[name] = "exists"
+    return result
+
+
 def ensure_topics(admin, topics: Topics, keys: list[str] | None = None, timeout_s: float = 15.0) -> dict[str, str]:
     """Create missing topics; existing ones are left as they are. Idempotent.
 
     Returns {topic: "created" | "exists"}."""
-    from confluent_kafka import KafkaError
     from confluent_kafka.admin import NewTopic
 
     wanted = keys or list(topics.specs)
@@ -118,17 +138,7 @@ def ensure_topics(admin, topics: Topics, keys: list[str] | None = None, timeout_
             continue
         spec = topics.specs[key]
         new.append(NewTopic(name, topics.partitions(key), topics.replication_factor, config=dict(spec.config)))
-    if new:
-        for name, future in admin.create_topics(new, request_timeout=timeout_s).items():
-            try:
-                future.result(timeout_s)
-                result[name] = "created"
-            except Exception as exc:  # noqa: BLE001
-                err = exc.args[0] if exc.args else None
-                if getattr(err, "code", lambda: None)() == KafkaError.TOPIC_ALREADY_EXISTS:
-                    result[name] = "exists"
-                else:
-                    raise
+    result.update(create_topics(admin, new, timeout_s))
     _wait_visible(admin, [topics.name(k) for k in wanted], timeout_s)
     return result
 
