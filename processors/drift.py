@@ -17,12 +17,13 @@ import asyncio
 import json
 import logging
 
-from processors.dead_letters import dead_letter, decode_message
+from processors.dead_letters import dead_letter
 from processors.deployment_view import DeploymentView
 from processors.drift_detection import DeploymentDrift, load_reference
 from processors.follower import LogFollower
+from processors.ownership import forward_to_owners
 from streams import catalog as ev
-from streams.record_size import RecordTooLarge, json_batches
+from streams.record_size import RecordTooLarge
 from streams.serde import new_event
 
 log = logging.getLogger(__name__)
@@ -86,25 +87,16 @@ def register(app, ctx) -> None:
     async def forward(stream):
         """predictions + labeled examples (any partition) -> drift-inputs keyed by deployment:
         ``{"items": [["p", features, event_time, model_version] | ["o", correct], ...]}``."""
+        def item_of(etype, value):
+            if value["role"] != "primary":
+                return None
+            return (["o", bool(value["correct"])] if etype == ev.LABELED_EXAMPLE else
+                    ["p", value["features"], int(value["event_time"]), value["model_version"]])
+
         async for events in stream.take_events(4000, within=0.05):
-            by_dep: dict[str, list] = {}
-            for event in events:
-                decoded = decode_message(ctx, event.message, COMPONENT)
-                if decoded is None:
-                    continue
-                etype, value = decoded
-                if value["role"] != "primary":
-                    continue
-                item = (["o", bool(value["correct"])] if etype == ev.LABELED_EXAMPLE else
-                        ["p", value["features"], int(value["event_time"]), value["model_version"]])
-                by_dep.setdefault(value["deployment"], []).append(item)
-            for dep, items in by_dep.items():
-                # batches sized to max_message_bytes; a row over it alone (huge features) is not measured
-                for raw, _ in json_batches(items, settings.max_message_bytes, key=dep, what="a drift input row",
-                                           on_oversize=lambda _item, exc: log.error("drift: %s", exc)):
-                    ctx.producer.produce_raw(inputs_topic, raw, key=dep)
-            if by_dep:
-                await asyncio.get_running_loop().run_in_executor(None, ctx.producer.flush)
+            # a row over max_message_bytes alone (huge features) is logged and not measured
+            await forward_to_owners(ctx, events, component=COMPONENT, topic=inputs_topic, item_of=item_of,
+                                    what="a drift input row")
 
     inputs = app.topic(inputs_topic, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
 

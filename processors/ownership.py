@@ -98,3 +98,35 @@ def forget_unassigned(table, assigned: set[int], partition_of) -> int:
             del data[key]
             dropped += 1
     return dropped
+
+
+async def forward_to_owners(ctx, events, *, component: str, topic: str, item_of, field: str = "items",
+                            what: str = "a row") -> int:
+    """Send a batch of faust ``events`` to the deployments' owners: decode each (a bad record is
+    dead-lettered by its topic's owner, see processors.dead_letters), map it with ``item_of(event_type,
+    value)`` (None: skip) and produce the items, grouped by deployment, to the internal ``topic`` keyed by
+    deployment as JSON ``{field: [...]}`` messages within ``max_message_bytes`` (an item over it alone is
+    logged and skipped). Flushes ``ctx.producer`` before returning, so the items are durable before the
+    source batch is acknowledged. Returns the number of items forwarded."""
+    import asyncio
+    import logging
+
+    from processors.dead_letters import decode_message
+    from streams.record_size import json_batches
+
+    log = logging.getLogger(component)
+    by_dep: dict[str, list] = {}
+    for event in events:
+        decoded = decode_message(ctx, event.message, component)
+        if decoded is None:
+            continue
+        item = item_of(*decoded)
+        if item is not None:
+            by_dep.setdefault(decoded[1]["deployment"], []).append(item)
+    for dep, items in by_dep.items():
+        for raw, _ in json_batches(items, ctx.settings.max_message_bytes, field=field, key=dep, what=what,
+                                   on_oversize=lambda _item, exc: log.error("%s", exc)):
+            ctx.producer.produce_raw(topic, raw, key=dep)
+    if by_dep:
+        await asyncio.get_running_loop().run_in_executor(None, ctx.producer.flush)
+    return sum(len(items) for items in by_dep.values())

@@ -25,13 +25,12 @@ import time
 from processors.dead_letters import decode_message
 from processors.deployment_view import DeploymentView
 from processors.follower import LogFollower
-from processors.ownership import Ownership
+from processors.ownership import Ownership, forward_to_owners
 from processors.performance import PerformanceTracker
 from processors.snapshot import labeled_examples_snapshot, trigger_record
 from processors.trigger_policy import TriggerPolicy
 from streams import catalog as ev
 from streams.consumer import end_offset_consumer
-from streams.record_size import json_batches
 from streams.serde import now_ms
 
 log = logging.getLogger(__name__)
@@ -156,24 +155,15 @@ def register(app, ctx) -> None:
     @app.agent(examples, name=f"{COMPONENT}.pairs")
     async def forward_pairs(stream):
         """labeled-examples (any partition) -> performance-pairs, keyed by deployment."""
-        loop = asyncio.get_running_loop()
+        def pair_of(_event_type, value):
+            if value["role"] == "primary":
+                return [value["label"], value.get("predicted_label"), value["model_version"]]
+            return None
+
         async for events in stream.take_events(2000, within=0.005):
-            by_dep: dict[str, list] = {}
-            for event in events:
-                decoded = decode_message(ctx, event.message, COMPONENT)
-                if decoded is None:
-                    continue
-                value = decoded[1]
-                if value["role"] == "primary":
-                    by_dep.setdefault(value["deployment"], []).append(
-                        [value["label"], value.get("predicted_label"), value["model_version"]])
-            for dep, pairs in by_dep.items():
-                # batches sized to max_message_bytes (labels can be long); a pair over it alone is not counted
-                for raw, _ in json_batches(pairs, settings.max_message_bytes, field="pairs", key=dep,
-                                           what="a performance pair", on_oversize=lambda _p, exc: log.error("%s", exc)):
-                    ctx.producer.produce_raw(pairs_topic, raw, key=dep)
-            if by_dep:
-                await loop.run_in_executor(None, ctx.producer.flush)   # durable before the batch is acked
+            # a pair over max_message_bytes alone (a huge label) is logged and not counted
+            await forward_to_owners(ctx, events, component=COMPONENT, topic=pairs_topic, item_of=pair_of,
+                                    field="pairs", what="a performance pair")
 
     source = app.topic(topics.feedback_stats, topics.drift, pairs_topic, key_type=bytes, value_type=bytes,
                        key_serializer="raw", value_serializer="raw")
