@@ -16,6 +16,7 @@ runs ``processor_workers`` such workers as child processes in one consumer group
 from __future__ import annotations
 
 import dataclasses
+import faulthandler
 import json
 import logging
 import os
@@ -327,6 +328,7 @@ def _stop_children(children, timeout_s: float = 30.0) -> None:
 
 
 def main() -> None:
+    faulthandler.enable()   # a crash inside a C extension (librdkafka, ...) prints every thread's Python stack
     settings = Settings.from_env()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sys.exit(run_workers(settings))
