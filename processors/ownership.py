@@ -106,8 +106,8 @@ async def forward_to_owners(ctx, events, *, component: str, topic: str, item_of,
     dead-lettered by its topic's owner, see processors.dead_letters), map it with ``item_of(event_type,
     value)`` (None: skip) and produce the items, grouped by deployment, to the internal ``topic`` keyed by
     deployment as JSON ``{field: [...]}`` messages within ``max_message_bytes`` (an item over it alone is
-    logged and skipped). Flushes ``ctx.producer`` before returning, so the items are durable before the
-    source batch is acknowledged. Returns the number of items forwarded."""
+    logged and skipped). Flushes ``ctx.producer`` once before returning, so the items and the batch's dead
+    letters are durable before the source batch is acknowledged. Returns the number of items forwarded."""
     import asyncio
     import logging
 
@@ -116,8 +116,10 @@ async def forward_to_owners(ctx, events, *, component: str, topic: str, item_of,
 
     log = logging.getLogger(component)
     by_dep: dict[str, list] = {}
+    refused: list = []
     for event in events:
-        decoded = decode_message(ctx, event.message, component)
+        # dead letters of refused records are flushed once, below, with the items (not one flush each)
+        decoded = decode_message(ctx, event.message, component, on_reject=refused.append, flush=False)
         if decoded is None:
             continue
         item = item_of(*decoded)
@@ -127,6 +129,6 @@ async def forward_to_owners(ctx, events, *, component: str, topic: str, item_of,
         for raw, _ in json_batches(items, ctx.settings.max_message_bytes, field=field, key=dep, what=what,
                                    on_oversize=lambda _item, exc: log.error("%s", exc)):
             ctx.producer.produce_raw(topic, raw, key=dep)
-    if by_dep:
+    if by_dep or refused:
         await asyncio.get_running_loop().run_in_executor(None, ctx.producer.flush)
     return sum(len(items) for items in by_dep.values())
