@@ -69,10 +69,10 @@ def register(app, ctx) -> None:
 
     limit = settings.max_message_bytes
 
-    def join_one(message) -> list[dict]:
+    def join_one(message, refused: list) -> list[dict]:
         # types allowed per topic and the role of a prediction on its topic are checked at the edge
         # (streams.dead_letters.decode_checked); this stage dead-letters refused shadow-predictions only
-        decoded = decode_message(ctx, message, component)
+        decoded = decode_message(ctx, message, component, on_reject=refused.append, flush=False)
         if decoded is None:
             return []
         value = decoded[1]
@@ -87,12 +87,14 @@ def register(app, ctx) -> None:
         # size when needed: max_message_bytes)
         async for events in stream.take_events(500, within=0.05):
             by_deployment: dict[str, list[dict]] = {}
+            refused: list = []   # records refused or failed in this batch: their dead letters are flushed once
             for event in events:
                 try:
-                    produced = join_one(event.message)
+                    produced = join_one(event.message, refused)
                 except Exception as exc:  # noqa: BLE001 - one bad record must not stop the stage
                     log.warning("shadow_comparison: join failed: %s", exc, exc_info=not isinstance(exc, RecordTooLarge))
-                    dead_letter_failure(ctx, event.message, exc, component, "join error")
+                    dead_letter_failure(ctx, event.message, exc, component, "join error", flush=False)
+                    refused.append(exc)
                     continue
                 for outcome in produced:
                     m_outcomes.labels(outcome["kind"]).inc()
@@ -102,6 +104,8 @@ def register(app, ctx) -> None:
                 # sized batches: many outcomes carrying large labels must not make one message too large
                 for raw, _members in json_batches(batch, limit, field="outcomes", key=key):
                     await outcomes.send(key=key, value=raw, value_serializer="raw")
+            if refused:   # dead letters durable before the batch can be committed
+                await asyncio.get_running_loop().run_in_executor(None, ctx.producer.flush)
             m_open.set(len(join))
 
     def publish(comparisons: list[dict]) -> None:
