@@ -19,9 +19,11 @@ from streams.validation import InvalidEvent, check_strings
 SETTINGS_OPERATIONS = (
     "setup_feedback_loop", "attach_dataset_version", "toggle_feedback_loop", "setup_continuous_training",
     "toggle_continuous_training", "set_shadow_model", "setup_continuous_deployment", "toggle_continuous_deployment",
-    "configure",
+    "setup_training_window", "setup_online_fallback", "configure",
 )
 PROMOTION_METRICS = ("accuracy", "f1", "precision", "recall")
+TRAINING_WINDOWS = ("all", "sliding", "since_change")
+ONLINE_LEARNERS = ("arf", "hat")
 
 
 def default_settings(deployment: str, catalog=None) -> dict:
@@ -152,6 +154,31 @@ class DeploymentSettingsClient:
             fields["training_mode"] = training_mode
         return self.configure(deployment, "setup_continuous_training", **fields)
 
+    def setup_training_window(self, deployment: str, window: str, *, labels: int | None = None, seconds: int | None = None,
+                              min_post_change_labels: int | None = None) -> dict:
+        """Choose which labeled examples a retraining trigger compiles (``window``: all, sliding or
+        since_change; ``labels``: the sliding window's size, or since_change's cap; ``seconds``: a sliding
+        window by time span instead; ``min_post_change_labels``: post-change labels drift and decay
+        triggers wait for). Raises InvalidEvent naming the field."""
+        if window not in TRAINING_WINDOWS:
+            raise InvalidEvent("training_window", f"must be one of {TRAINING_WINDOWS}, got {window!r}")
+        fields = {"training_window": window}
+        if labels is not None:
+            fields["training_window_labels"] = _count("training_window_labels", labels)
+        if seconds is not None:
+            fields["training_window_seconds"] = _count("training_window_seconds", seconds)
+        if min_post_change_labels is not None:
+            fields["min_post_change_labels"] = _count("min_post_change_labels", min_post_change_labels)
+        return self.configure(deployment, "setup_training_window", **fields)
+
+    def setup_online_fallback(self, deployment: str, learner: str | None) -> dict:
+        """Serve an online learner (``learner``: arf or hat; None or "": off) in place of the champion
+        while it is significantly better on recent labels. Raises InvalidEvent naming the field."""
+        learner = learner or ""
+        if learner and learner not in ONLINE_LEARNERS:
+            raise InvalidEvent("online_fallback", f"must be one of {ONLINE_LEARNERS} or empty, got {learner!r}")
+        return self.configure(deployment, "setup_online_fallback", online_fallback=learner)
+
     def toggle_continuous_training(self, deployment: str, enabled: bool) -> dict:
         return self.configure(deployment, "toggle_continuous_training", continuous_training_enabled=bool(enabled))
 
@@ -163,7 +190,8 @@ class DeploymentSettingsClient:
 
     def setup_continuous_deployment(self, deployment: str, *, promotion_threshold: float = 0.05, min_samples: int = 1000,
                                     metric: str = "accuracy", significance_level: float = 0.05,
-                                    rollback_margin: float = 0.05, enabled: bool = True) -> dict:
+                                    rollback_margin: float = 0.05, enabled: bool = True,
+                                    fast_promotion_min_samples: int | None = None) -> dict:
         if metric not in PROMOTION_METRICS:
             raise InvalidEvent("promotion_metric", f"must be one of {PROMOTION_METRICS}, got {metric!r}")
         return self.configure(
@@ -171,7 +199,9 @@ class DeploymentSettingsClient:
             promotion_threshold=_fraction("promotion_threshold", promotion_threshold),
             promotion_min_samples=_count("min_samples", min_samples), promotion_metric=metric,
             significance_level=_fraction("significance_level", significance_level),
-            rollback_margin=_fraction("rollback_margin", rollback_margin))
+            rollback_margin=_fraction("rollback_margin", rollback_margin),
+            **({} if fast_promotion_min_samples is None else
+               {"fast_promotion_min_samples": _count("fast_promotion_min_samples", fast_promotion_min_samples)}))
 
     def toggle_continuous_deployment(self, deployment: str, enabled: bool) -> dict:
         return self.configure(deployment, "toggle_continuous_deployment", continuous_deployment_enabled=bool(enabled))
