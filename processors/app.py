@@ -28,6 +28,7 @@ STAGES = (
     "processors.triggers",          # policies -> triggers
     "processors.shadow_comparison", # primary + shadow + feedback -> shadow-comparisons
     "processors.promotion",         # promotion / rejection / rollback -> model-updates
+    "processors.online_fallback",   # online learner vs champion -> OnlineFallbackSwitched (model-updates)
 )
 
 

@@ -45,9 +45,10 @@ TABLES: dict[str, str] = {
     ev.SHADOW_COMPARISON: "shadow_comparisons",
     ev.MODEL_PROMOTED: "models_promoted",
     ev.MODEL_ROLLED_BACK: "models_rolled_back",
+    ev.ONLINE_FALLBACK_SWITCHED: "online_fallback_switches",
     ev.DEAD_LETTER: "dead_letters",
 }
-"""Event type -> table of infra/sql/001_tables.sql."""
+"""Event type -> table of infra/sql/001_tables.sql (online_fallback_switches: 004_online_fallback.sql)."""
 
 
 class SinkError(RuntimeError):

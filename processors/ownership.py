@@ -59,7 +59,7 @@ class Ownership:
         return any(t == self.topic and q == p for t, q in self._assignment())
 
 
-INTERNAL_TOPICS = ("feedback-partials", "performance-pairs", "drift-inputs")
+INTERNAL_TOPICS = ("feedback-partials", "performance-pairs", "drift-inputs", "fallback-examples")
 """Internal deployment-keyed topics (``<prefix>`` + name; JSON values; ``default_partitions``)."""
 
 
@@ -101,10 +101,10 @@ def forget_unassigned(table, assigned: set[int], partition_of) -> int:
 
 
 async def forward_to_owners(ctx, events, *, component: str, topic: str, item_of, field: str = "items",
-                            what: str = "a row") -> int:
+                            what: str = "a row", with_message: bool = False) -> int:
     """Send a batch of faust ``events`` to the deployments' owners: decode each (a bad record is
     dead-lettered by its topic's owner, see processors.dead_letters), map it with ``item_of(event_type,
-    value)`` (None: skip) and produce the items, grouped by deployment, to the internal ``topic`` keyed by
+    value)`` (``with_message``: ``item_of(event_type, value, message)``, the source record; None: skip) and produce the items, grouped by deployment, to the internal ``topic`` keyed by
     deployment as JSON ``{field: [...]}`` messages within ``max_message_bytes`` (an item over it alone is
     logged and skipped). Flushes ``ctx.producer`` once before returning, so the items and the batch's dead
     letters are durable before the source batch is acknowledged. Returns the number of items forwarded."""
@@ -122,7 +122,7 @@ async def forward_to_owners(ctx, events, *, component: str, topic: str, item_of,
         decoded = decode_message(ctx, event.message, component, on_reject=refused.append, flush=False)
         if decoded is None:
             continue
-        item = item_of(*decoded)
+        item = item_of(*decoded, event.message) if with_message else item_of(*decoded)
         if item is not None:
             by_dep.setdefault(decoded[1]["deployment"], []).append(item)
     for dep, items in by_dep.items():

@@ -29,6 +29,7 @@ from processors.ownership import Ownership
 from processors.policies import Decision, PromotionPolicy, RollbackWatch
 from processors.dead_letters import decode_message
 from processors.shadow_comparison import iter_outcomes, outcomes_topic
+from streams.fallback_fold import FallbackFold
 from streams import catalog as ev
 from streams.serde import new_event
 from streams.consumer import end_offsets
@@ -51,6 +52,7 @@ class PromotionState:
         self.latest: dict[tuple[str, str], dict] = {}    # (deployment, shadow version) -> latest comparison
         self.settings_changed: set[str] = set()          # deployments whose settings changed since last recheck
         self.watch = watch
+        self.fallback = FallbackFold()  # online fallback per deployment (streams.fallback_fold)
 
     @property
     def champions(self) -> dict[str, str]:
@@ -78,6 +80,7 @@ class PromotionState:
                         self.assignments[dep] = (shadow, int(value["revision"]))
             else:
                 self.registry.offer(event_type, value)
+                self.fallback.apply(event_type, value)
 
     def _on_decision(self, event_type: str, value: dict, refusal: Refusal | None) -> None:
         """Called by the registry fold (under ``lock``) for every folded model-updates event."""
@@ -211,11 +214,20 @@ def register(app, ctx) -> None:
         if comparison.get("shadow_revision") != revision:
             return  # evidence of another (earlier) assignment of this version, or of none: not this one's
         champion = champion_mv.version if champion_mv else None
+        served_primary = None
         if champion is not None and champion != comparison["primary_version"]:
-            return  # a comparison against a former champion
+            with state.lock:
+                online = state.fallback.state(dep)
+            if online is None or not online.active or online.model_version != comparison["primary_version"]:
+                return  # a comparison against a former champion (or an online fallback no longer serving)
+            # the online fallback serves in the champion's place: the shadow is judged against it, and
+            # the decision still expects (and replaces) the registry champion
+            served_primary, comparison = comparison["primary_version"], {**comparison, "primary_version": champion}
         decision = policy.decide(config, comparison)
         if decision is None:
             return
+        if served_primary is not None:
+            decision.evidence["primary_served"] = served_primary
         expected_state = shadow_mv.alias if shadow_mv is not None else None
         if decision.action == "promote":
             event_type, record = promoted_record(ctx.serde.catalog, comparison, decision, config.get("model_name", ""),

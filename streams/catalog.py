@@ -35,6 +35,7 @@ CANDIDATE_REJECTED = "CandidateRejected"
 SHADOW_COMPARISON = "ShadowComparison"
 MODEL_PROMOTED = "ModelPromoted"
 MODEL_ROLLED_BACK = "ModelRolledBack"
+ONLINE_FALLBACK_SWITCHED = "OnlineFallbackSwitched"
 DEAD_LETTER = "DeadLetter"
 
 

@@ -15,6 +15,12 @@
   is served by the candidate instead, with role canary.
 * Hot swap: new predictors are built in the follower thread, then one reference is replaced; a
   request reads that reference once, so it finishes on the models it started with.
+* Online fallback: when the deployment's ``online_fallback`` setting names a learner (arf, hat), the
+  app keeps its own :class:`trainers.online.OnlineLearner` learning the deployment's labeled examples
+  (:class:`streams.labeled_feed.LabeledExampleFeed`: warm-started from the last records of each
+  labeled-examples partition, then following). While the fold of model-updates says the fallback is
+  active (:mod:`streams.fallback_fold`), ``predict()`` serves that learner as the primary (model
+  version ``online:<learner>``); shadows and canaries run as before.
 """
 from __future__ import annotations
 
@@ -29,6 +35,7 @@ from typing import Callable
 
 from streams import catalog as ev
 from streams.consumer import Event, end_offsets
+from streams.fallback_fold import FallbackFold
 from streams.follower import TopicFollower
 from streams.topics import Topics
 from streams.validation import InvalidEvent, ModelOutputError, check_features
@@ -105,6 +112,10 @@ class Deployment:
         self._follower: TopicFollower | None = None
         self._release = None  # HeldUpdateRelease, set by start()
         self._initial: list[Event] | None = None  # events read before catching up, folded once caught up
+        self.fallback = FallbackFold()   # model-updates in log order: is the online fallback serving?
+        self._learner = None             # trainers.online.OnlineLearner while online_fallback names one
+        self._feed = None                # its streams.labeled_feed.LabeledExampleFeed
+        self._online = None              # the learner while it serves (one reference, read once per request)
         self._metrics(metrics)
 
     def _metrics(self, metrics) -> None:
@@ -159,6 +170,9 @@ class Deployment:
         if self._follower is not None:
             self._follower.stop(timeout_s)
             self._follower = None
+        if self._feed is not None:
+            self._feed.stop(timeout_s)
+            self._feed = None
         deadline = time.monotonic() + timeout_s
         while not self._shadow_queue.empty() and time.monotonic() < deadline:
             time.sleep(0.01)  # polling a condition with a deadline
@@ -180,8 +194,25 @@ class Deployment:
     # -- state ----------------------------------------------------------------------------------
     @property
     def primary_version(self) -> str | None:
+        """The version serving role primary: the online learner's (online:arf) while the fallback
+        serves, else the champion's."""
+        online = self._online
+        if online is not None:
+            return online.version
         served = self._served
         return served.primary.version if served else None
+
+    @property
+    def champion_version(self) -> str | None:
+        """The registry champion loaded (also while the online fallback serves in its place)."""
+        served = self._served
+        return served.primary.version if served else None
+
+    @property
+    def fallback_active(self) -> bool:
+        """Whether the online fallback serves now (the fold says active and the settings name a learner;
+        a learner that has learned nothing yet leaves a request to the champion)."""
+        return self._online is not None
 
     @property
     def shadow_version(self) -> str | None:
@@ -219,6 +250,8 @@ class Deployment:
             if self.config is None or event.value["revision"] >= self.config["revision"]:
                 self.config = event.value
             return
+        if event.topic == self.topics.model_updates:
+            self.fallback.apply(event.event_type, event.value)   # log order of model-updates
         # the registry's causal fold: an update naming a version not registered yet is held (with every
         # later update) until its registration is read; preconditions are checked as it is folded
         self.registry.offer(event.event_type, event.value)
@@ -236,6 +269,7 @@ class Deployment:
                 if e.topic != self.topics.model_lifecycle:
                     self._apply(e)
         self._release.check()  # updates naming a version never registered must not stall the ones after them
+        self._reconcile_fallback()
         champion = self.registry.champion(self.deployment)
         if champion is None:
             return
@@ -273,6 +307,30 @@ class Deployment:
         for version in [v for v in self._predictors if v not in keep]:
             self._predictors.pop(version)
 
+    def _reconcile_fallback(self) -> None:
+        """Keep a learner (and its feed) while the settings name one; serve it while the fold says the
+        fallback is active."""
+        name = (self.config or {}).get("online_fallback") or ""
+        if self._learner is not None and self._learner.name != name:
+            if self._feed is not None:
+                self._feed.stop(5.0)
+            self._learner = self._feed = None
+        if name and self._learner is None:
+            from streams.labeled_feed import LabeledExampleFeed
+            from trainers.online import OnlineLearner
+
+            learner = self._learner = OnlineLearner(name)
+            self._feed = LabeledExampleFeed(self.settings, self.deployment,
+                                            lambda v: learner.learn(v["features"], v["label"]),
+                                            serde=self.client.serde, name=f"serving-feed-{self.deployment}").start()
+        serve = self._learner if self.fallback.active(self.deployment) else None
+        if serve is not self._online:
+            with self._changed:
+                self._online = serve
+                self._changed.notify_all()
+            log.info("serving %s: online fallback %s", self.deployment,
+                     f"serves ({serve.version})" if serve is not None else "off")
+
     def _load(self, mv):
         predictor = self._predictors.get(mv.version)
         if predictor is not None:
@@ -302,8 +360,14 @@ class Deployment:
             model, name, role = served.candidate, served.candidate_name, "canary"
         else:
             model, name, role = served.primary, served.primary_name, "primary"
+            online = self._online  # read once, like the served models
+            if online is not None:
+                model, name = online, online.version
         start = time.perf_counter()
         label, probabilities = model.predict(features)
+        if label is None:  # an online learner that has learned nothing usable yet: the champion serves
+            model, name = served.primary, served.primary_name
+            label, probabilities = model.predict(features)
         latency_ms = (time.perf_counter() - start) * 1000.0
         try:  # a refused label/probabilities is the model's output (e.g. NaN probabilities), not the request's
             self.client.log_prediction(self.deployment, features, label=label, probabilities=probabilities,

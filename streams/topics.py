@@ -48,8 +48,10 @@ SPECS: tuple[TopicSpec, ...] = (
               {"retention.ms": "-1"}, "Training runs and registrations: the model registry is a fold over it."),
     TopicSpec("shadow-comparisons", (ev.SHADOW_COMPARISON,), "deployment", True, {"retention.ms": str(90 * DAY_MS)},
               "Live primary-versus-shadow comparisons."),
-    TopicSpec("model-updates", (ev.MODEL_PROMOTED, ev.MODEL_ROLLED_BACK, ev.CANDIDATE_REJECTED), "deployment", False,
-              {"retention.ms": "-1"}, "Promotions, shadow rejections and rollbacks; serving apps hot-swap on them."),
+    TopicSpec("model-updates", (ev.MODEL_PROMOTED, ev.MODEL_ROLLED_BACK, ev.CANDIDATE_REJECTED,
+                                ev.ONLINE_FALLBACK_SWITCHED), "deployment", False,
+              {"retention.ms": "-1"},
+              "Promotions, shadow rejections, rollbacks and online-fallback switches; serving apps hot-swap on them."),
     TopicSpec("dead-letters", (ev.DEAD_LETTER,), "source key", True, {"retention.ms": str(30 * DAY_MS)},
               "Records that could not be processed, with the reason and source topic/partition/offset."),
 )

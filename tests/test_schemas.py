@@ -27,6 +27,7 @@ EXPECTED_EVENTS = {
     "PredictionLogged", "FeedbackReceived", "DeploymentConfigured", "LabeledExample", "FeedbackLoopStats",
     "DriftMeasured", "TrainingTriggered", "TrainingRunStarted", "TrainingRunFinished", "TrainingRunFailed",
     "ModelRegistered", "CandidateRejected", "ShadowComparison", "ModelPromoted", "ModelRolledBack", "DeadLetter",
+    "OnlineFallbackSwitched",
 }
 
 
