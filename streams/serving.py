@@ -209,6 +209,17 @@ class Deployment:
         return served.primary.version if served else None
 
     @property
+    def online_learner(self):
+        """The deployment's :class:`trainers.online.OnlineLearner` while its settings name one (None otherwise)."""
+        return self._learner
+
+    @property
+    def online_examples(self) -> int:
+        """Labeled examples the online learner's feed has delivered (0 without a learner)."""
+        feed = self._feed
+        return feed.examples if feed is not None else 0
+
+    @property
     def fallback_active(self) -> bool:
         """Whether the online fallback serves now (the fold says active and the settings name a learner;
         a learner that has learned nothing yet leaves a request to the champion)."""

@@ -1,0 +1,91 @@
+"""The online fallback over the real (embedded) broker: a processor worker running the fallback stage
+folds labeled examples in which the champion is wrong and the rule is learnable, engages the fallback
+once (OnlineFallbackSwitched active), a serving Deployment then serves online:hat, and after a
+ModelPromoted it serves the champion again. LabeledExamples are produced directly (the feedback join
+is tested elsewhere); the champion is a real logistic regression loaded from the artifact store."""
+from __future__ import annotations
+
+import random
+import uuid
+
+import pytest
+
+from streams import catalog as ev
+from streams.consumer import read_to_end
+from streams.deployments import DeploymentSettingsClient
+from streams.fallback_fold import fold_events
+from streams.producer import EventProducer
+from streams.serde import new_event, now_ms
+from streams.serving import Deployment
+from tests.helpers.processes import running_processors, wait_for
+from tests.test_serving import register_model
+
+pytestmark = pytest.mark.timeout(150)
+
+
+def labeled(dep, x, y, *, version="v1"):
+    truth = "a" if x < 0 else "b"          # the rule the champion v1 (says "a" when x > 0) gets wrong
+    served = "a" if x > 0 else "b"
+    now = now_ms()
+    return new_event(ev.LABELED_EXAMPLE, prediction_id=str(uuid.uuid4()), deployment=dep, model_version=version,
+                     role="primary", features={"x": x, "y": y}, predicted_label=served, label=truth,
+                     correct=served == truth, feedback_event_id=str(uuid.uuid4()), prediction_time=now,
+                     feedback_time=now)
+
+
+def switches(settings, topics, dep):
+    return [e for e in read_to_end(settings, topics.model_updates, timeout_s=10)
+            if e.event_type == ev.ONLINE_FALLBACK_SWITCHED and e.value["deployment"] == dep]
+
+
+def test_fallback_engages_serves_the_online_learner_and_a_promotion_retires_it(settings, topics):
+    dep = "fb"
+    register_model(settings, dep, "v1", +1, alias="champion")
+    register_model(settings, dep, "v2", -1)                  # v2 gets the rule right
+    client = DeploymentSettingsClient(settings)
+    try:
+        client.setup_continuous_deployment(dep, promotion_threshold=0.05, min_samples=1000, fast_promotion_min_samples=30)
+        client.setup_online_fallback(dep, "hat")
+    finally:
+        client.close()
+    rnd = random.Random(5)
+    with running_processors(settings, stages=["processors.online_fallback"], timeout_s=60), \
+            EventProducer(settings) as producer:
+        for _ in range(300):
+            value = labeled(dep, rnd.uniform(-1, 1), rnd.uniform(-1, 1))
+            producer.produce(topics.labeled_examples, ev.LABELED_EXAMPLE, value, key=value["prediction_id"])
+        producer.flush()
+        engaged = wait_for(lambda: switches(settings, topics, dep), 60, "OnlineFallbackSwitched", interval_s=0.2)
+        first = engaged[0].value
+        assert (first["active"], first["model_version"], first["champion_version"], first["learner"]) == \
+            (True, "online:hat", "v1", "hat")
+        assert first["expected_decision"] is None and first["decided_by"] == "policy"
+        e = first["evidence"]
+        assert float(e["learner_accuracy"]) - float(e["champion_accuracy"]) >= 0.05
+        assert float(e["mcnemar_pvalue"]) < 0.05 and int(e["window"]) >= 30
+
+        with Deployment(settings, dep) as serving:
+            serving.start(timeout_s=30)
+            serving.wait_for(lambda s: s.primary_version == "online:hat", timeout_s=20)
+            assert serving.fallback_active and serving.champion_version == "v1"
+            wait_for(lambda: serving.online_examples >= 300, 20, "the serving learner's warm start")
+            served = [serving.predict({"x": x, "y": 0.0}) for x in (-0.8, -0.5, 0.5, 0.8)]
+            assert [(p.model_version, p.role) for p in served] == [("online:hat", "primary")] * 4
+            assert [p.label for p in served] == ["a", "a", "b", "b"]   # the learned rule, not v1's
+
+            promoted = new_event(ev.MODEL_PROMOTED, deployment=dep, model_name="toy", model_version="v2",
+                                 previous_version="v1", decided_by="manual", reason="retrained",
+                                 expected_champion="v1", expected_state="challenger")
+            producer.produce(topics.model_updates, ev.MODEL_PROMOTED, promoted, key=dep)
+            producer.flush()
+            serving.wait_for(lambda s: s.primary_version == "v2", timeout_s=20)
+            assert not serving.fallback_active
+            p = serving.predict({"x": -0.5, "y": 0.0})
+            assert (p.model_version, p.role, p.label) == ("v2", "primary", "a")
+
+    logged = {e.value["prediction_id"]: e.value["model_version"] for e in read_to_end(settings, topics.predictions)}
+    assert sorted(logged.values()) == ["online:hat"] * 4 + ["v2"]
+    updates = [(e.event_type, e.value) for e in read_to_end(settings, topics.model_updates)]
+    assert len([u for u in updates if u[0] == ev.ONLINE_FALLBACK_SWITCHED]) == 1   # engaged once, never twice
+    fold = fold_events(updates)
+    assert not fold.active(dep) and fold.engagements == {dep: 1} and fold.retirements == {dep: 1}
