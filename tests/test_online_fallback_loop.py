@@ -10,6 +10,7 @@ import uuid
 
 import pytest
 
+from infra.commands.serving import _format_status, deployment_status
 from streams import catalog as ev
 from streams.consumer import read_to_end
 from streams.deployments import DeploymentSettingsClient
@@ -64,6 +65,12 @@ def test_fallback_engages_serves_the_online_learner_and_a_promotion_retires_it(s
         assert float(e["learner_accuracy"]) - float(e["champion_accuracy"]) >= 0.05
         assert float(e["mcnemar_pvalue"]) < 0.05 and int(e["window"]) >= 30
 
+        status = deployment_status(settings, dep)
+        fb = status["online_fallback"]
+        assert (fb["active"], fb["model_version"], fb["champion_version"], fb["learner"]) == (True, "online:hat", "v1", "hat")
+        assert fb["since"] == first["event_time"] and "ACTIVE" in _format_status(status)
+        assert status["recent_decisions"][-1]["decision"] == "online fallback online:hat engaged (champion v1)"
+
         with Deployment(settings, dep) as serving:
             serving.start(timeout_s=30)
             serving.wait_for(lambda s: s.primary_version == "online:hat", timeout_s=20)
@@ -87,5 +94,7 @@ def test_fallback_engages_serves_the_online_learner_and_a_promotion_retires_it(s
     assert sorted(logged.values()) == ["online:hat"] * 4 + ["v2"]
     updates = [(e.event_type, e.value) for e in read_to_end(settings, topics.model_updates)]
     assert len([u for u in updates if u[0] == ev.ONLINE_FALLBACK_SWITCHED]) == 1   # engaged once, never twice
+    fb = deployment_status(settings, dep)["online_fallback"]
+    assert not fb["active"] and fb["reason"] == "retired by ModelPromoted"
     fold = fold_events(updates)
     assert not fold.active(dep) and fold.engagements == {dep: 1} and fold.retirements == {dep: 1}

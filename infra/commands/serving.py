@@ -27,6 +27,7 @@ def deployment_status(settings: Settings, deployment: str, *, decisions: int = 1
     from processors.policies import PromotionPolicy, ShadowAssignments
     from streams.consumer import read_to_end
     from streams.deployments import DeploymentSettingsClient
+    from streams.fallback_fold import fold_events
     from streams.topics import Topics
     from trainers.registry import ModelRegistry
 
@@ -49,6 +50,8 @@ def deployment_status(settings: Settings, deployment: str, *, decisions: int = 1
     updates = [e for e in read_to_end(settings, topics.model_updates, timeout_s=timeout_s)
                if e.value.get("deployment") == deployment]
     refused = {r.event_id: r.reason for r in registry.refusals_of(deployment)}
+    fallback = fold_events(updates)   # the one fold rule (streams/fallback_fold.py)
+    fallback_refused = {v.get("event_id") for v in fallback.refused}
     recent = []
     for e in updates[-decisions:]:
         v = e.value
@@ -58,6 +61,12 @@ def deployment_status(settings: Settings, deployment: str, *, decisions: int = 1
         elif e.event_type == ev.MODEL_ROLLED_BACK:
             what = f"rolled back {v['from_version']} -> {v['to_version']}"
             reason = v["reason"]
+        elif e.event_type == ev.ONLINE_FALLBACK_SWITCHED:
+            what = (f"online fallback {v['model_version']} engaged (champion {v.get('champion_version')})"
+                    if v["active"] else f"online fallback {v['model_version']} retired")
+            reason = v["reason"]
+            if v.get("event_id") in fallback_refused:
+                what = f"REFUSED {what}: not the latest decision it expected ({v.get('expected_decision')});"
         else:
             what = f"rejected {v['model_version']} ({v['stage']})"
             reason = "; ".join(v.get("reasons") or [])
@@ -80,6 +89,7 @@ def deployment_status(settings: Settings, deployment: str, *, decisions: int = 1
                                          comparisons[-1] if comparisons else None, assignment_revision,
                                          policy=PromotionPolicy(settings.promotion_max_samples_factor)),
         "feedback_loop": _feedback_loop(feedback),
+        "online_fallback": _online_fallback(config, fallback.state(deployment)),
         "recent_decisions": recent,
         "refused_decisions": [{"time": r.event_time, "event": r.event_type, "version": r.version,
                                "decided_by": r.decided_by, "reason": r.reason}
@@ -252,6 +262,30 @@ def _feedback_loop(found: dict | None) -> dict | None:
     return loop
 
 
+def _online_fallback(config: dict, state) -> dict:
+    """The status's ``online_fallback`` entry: the setting (``learner``, "" off), whether the fallback
+    serves now (``active``), since when (``since``, ms: the time of the latest decision), its
+    ``model_version``, the ``champion_version`` it stands in for, ``reason`` and ``evidence``; from a
+    :class:`streams.fallback_fold.FallbackState` (None: no decision yet)."""
+    out = {"learner": config.get("online_fallback") or "", "active": False, "since": None, "model_version": None,
+           "champion_version": None, "reason": None, "evidence": {}}
+    if state is not None:
+        out.update(active=state.active, since=state.since_ms or None, model_version=state.model_version or None,
+                   champion_version=state.champion_version, reason=state.reason or None,
+                   evidence=dict(state.evidence or {}))
+    return out
+
+
+def _format_online_fallback(fb: dict | None) -> list[str]:
+    if fb is None:
+        return []
+    if fb["active"]:
+        return [f"fallback     ACTIVE since {fb['since']}: {fb['model_version']} serves in place of champion "
+                f"{fb['champion_version']}: {fb['reason']}"]
+    setting = f"learner {fb['learner']}" if fb["learner"] else "off (online_fallback not set)"
+    return [f"fallback     not serving ({setting})" + (f"; last: {fb['reason']}" if fb.get("reason") else "")]
+
+
 def _format_feedback_loop(loop: dict | None) -> list[str]:
     if loop is None:
         return ["feedback loop  (no feedback-stats yet)"]
@@ -290,6 +324,7 @@ def _format_status(status: dict) -> str:
     if status.get("policy_waiting"):
         lines.append(f"policy       {status['policy_waiting']}")
     lines.extend(_format_feedback_loop(status.get("feedback_loop")))
+    lines.extend(_format_online_fallback(status.get("online_fallback")))
     lines.append("recent decisions" + ("" if status["recent_decisions"] else "  (none)"))
     for d in status["recent_decisions"]:
         lines.append(f"  {d['time']}  {d['decided_by']:<6} {d['decision']}: {d['reason']}")
@@ -302,7 +337,7 @@ def register(cli: click.Group) -> None:
     @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
     @click.pass_obj
     def status_cmd(settings: Settings, deployment: str, as_json: bool) -> None:
-        """Champion, shadow, live comparison, feedback-loop counters and recent decisions of DEPLOYMENT."""
+        """Champion, shadow, live comparison, feedback-loop counters, online fallback and recent decisions of DEPLOYMENT."""
         require_bootstrap(settings)
         status = deployment_status(settings, deployment)
         click.echo(json.dumps(status, indent=2, default=str) if as_json else _format_status(status))
