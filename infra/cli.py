@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "infra.commands.analytics",   # sink, sql, report
     "infra.commands.demo",        # demo, bench
     "infra.commands.dead_letters",  # dead-letters replay
+    "infra.commands.app",         # app (the production stack's serving app)
 )
 
 

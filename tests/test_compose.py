@@ -1,9 +1,13 @@
 """docker-compose.yml, the Prometheus scrape config and the Grafana provisioning agree with ctloop's
-settings and metrics (no Docker engine needed: the files are parsed and cross-checked)."""
+settings and metrics (no Docker engine needed: the files are parsed and cross-checked). Where Debian's
+``docker-compose`` and ``promtool`` (package prometheus) are installed (.ci/run installs them), the files
+are also validated by them; each of those tests skips cleanly when its tool is absent."""
 from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
 from dataclasses import fields
 from pathlib import Path
 
@@ -14,7 +18,8 @@ yaml = pytest.importorskip("yaml", reason="PyYAML is needed to parse docker-comp
 from infra.settings import Settings  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-CTLOOP_SERVICES = {"processors": "process", "trainer": "train", "sink": "sink", "demo": "demo"}
+CTLOOP_SERVICES = {"processors": "process", "trainer": "train", "sink": "sink", "app": "app", "demo": "demo"}
+GPU_OVERRIDE = ROOT / "docker-compose.gpu.yml"
 
 
 @pytest.fixture(scope="module")
@@ -50,11 +55,66 @@ def test_every_service_of_the_production_stack_is_there(compose):
     assert 'ENTRYPOINT ["ctloop"]' in (ROOT / "Dockerfile").read_text()
 
 
-def test_trainer_reserves_a_gpu(compose):
+def test_the_gpu_reservation_is_in_the_override_file_only(compose):
+    """`up` works on hosts without a GPU: no device reservation in the base file; the override reserves
+    one for the trainer and runs it on cuda."""
+    assert "nvidia" not in (ROOT / "docker-compose.yml").read_text().split("services:", 1)[1]
     trainer = compose["services"]["trainer"]
-    devices = trainer["deploy"]["resources"]["reservations"]["devices"]
+    assert "deploy" not in trainer and not _env(trainer)["CTLOOP_TRAINER_DEVICE"].startswith("cuda")
+    gpu = yaml.safe_load(GPU_OVERRIDE.read_text())["services"]["trainer"]
+    devices = gpu["deploy"]["resources"]["reservations"]["devices"]
     assert any("gpu" in d.get("capabilities", []) and d.get("driver") == "nvidia" for d in devices)
-    assert _env(trainer)["CTLOOP_TRAINER_DEVICE"].startswith("cuda")
+    assert _env(gpu)["CTLOOP_TRAINER_DEVICE"].startswith("cuda")
+    assert "TORCH_INDEX" in gpu["build"]["args"]
+
+
+def test_every_named_volume_is_declared_and_every_writer_has_data(compose):
+    declared = set(compose.get("volumes") or {})
+    for name, service in compose["services"].items():
+        for mount in service.get("volumes", []):
+            source = str(mount).split(":")[0]
+            if not source.startswith((".", "/")):
+                assert source in declared, f"{name}: volume {source} is not declared"
+    for name in CTLOOP_SERVICES:
+        targets = {str(m).split(":")[1] for m in compose["services"][name].get("volumes", [])}
+        assert {"/data", "/artifacts"} <= targets, f"{name} must have /data and /artifacts mounted"
+        assert Settings.from_env(_env(compose["services"][name])).data_dir == "/data"
+
+
+def test_the_stack_app_uses_the_shared_topics(compose):
+    """The stack's processors, trainer and sink process the app's events: same prefix, no demo prefix;
+    the self-contained demo (private topics) is only in a profile."""
+    services = compose["services"]
+    prefixes = {Settings.from_env(_env(services[n])).topic_prefix for n in ("processors", "trainer", "sink", "app")}
+    assert prefixes == {"ctloop."}
+    assert services["app"]["command"][0] == "app"
+    assert "profiles" not in services["app"]
+    assert services["demo"].get("profiles") == ["demo"]
+    from infra.cli import cli
+
+    assert "app" in cli.commands, "the image's entry point must offer `ctloop app`"
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.skip(f"{name} is not installed (.ci/run installs it from Debian's packages)")
+    return path
+
+
+def test_docker_compose_config_validates_both_files():
+    tool = _tool("docker-compose")
+    for files in (["docker-compose.yml"], ["docker-compose.yml", "docker-compose.gpu.yml"]):
+        args = [a for f in files for a in ("-f", f)]
+        proc = subprocess.run([tool, *args, "config", "-q"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, f"docker-compose {' '.join(args)} config:\n{proc.stdout}{proc.stderr}"
+
+
+def test_promtool_checks_the_prometheus_config():
+    tool = _tool("promtool")
+    proc = subprocess.run([tool, "check", "config", "infra/prometheus/prometheus.yml"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, f"promtool:\n{proc.stdout}{proc.stderr}"
 
 
 def test_ctloop_environment_names_and_values_are_settings(compose):
@@ -96,15 +156,17 @@ def test_ports(compose):
 
 def test_prometheus_targets_match_the_services_metrics_ports(compose, prometheus):
     services = compose["services"]
-    targets = {}
+    targets: dict[str, set[int]] = {}
     for job in prometheus["scrape_configs"]:
         for static in job.get("static_configs", []):
             for target in static["targets"]:
                 host, port = target.rsplit(":", 1)
-                targets[host] = int(port)
+                targets.setdefault(host, set()).add(int(port))
     for name in CTLOOP_SERVICES:
         assert name in targets, f"prometheus does not scrape {name}"
-        assert targets[name] == Settings.from_env(_env(services[name])).metrics_port, name
+        assert Settings.from_env(_env(services[name])).metrics_port in targets[name], name
+    # the demo's processors subprocess serves on the demo's port + 1 (infra/child_env.py)
+    assert Settings.from_env(_env(services["demo"])).metrics_port + 1 in targets["demo"]
     for host in targets:
         assert host in services or host == "localhost", f"scrape target {host} is not a compose service"
     mounted = " ".join(services["prometheus"]["volumes"])
