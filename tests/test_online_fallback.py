@@ -166,3 +166,21 @@ def test_online_learner_learns_a_rule_and_names_its_version(name):
     assert label == "a" and abs(sum(proba.values()) - 1) < 1e-6
     with pytest.raises(ValueError, match="unknown online learner"):
         OnlineLearner("svm")
+
+
+def test_demo_summary_counts_engagements_retirements_and_predictions_served_by_the_fallback():
+    from infra.demo.summary import LoopEvents, summarise
+
+    p1 = promoted("d", "v1", None)
+    on = switch("d", True, p1["event_id"])
+    dup = switch("d", True, p1["event_id"])          # refused: on is the latest by then
+    p2 = promoted("d", "v2", "v1")                    # retires it
+    on2 = switch("d", True, p2["event_id"])
+    updates = [(t, v, 0, i) for i, (t, v) in enumerate([(ev.MODEL_PROMOTED, p1), (ev.ONLINE_FALLBACK_SWITCHED, on),
+                                                        (ev.ONLINE_FALLBACK_SWITCHED, dup), (ev.MODEL_PROMOTED, p2),
+                                                        (ev.ONLINE_FALLBACK_SWITCHED, on2)])]
+    preds = [(ev.PREDICTION_LOGGED, {"deployment": "d", "prediction_id": f"p{i}", "role": "primary",
+                                     "model_version": "online:arf" if i % 2 else "v1"}, 0, i) for i in range(6)]
+    s = summarise(LoopEvents(predictions=preds, updates=updates), "d")
+    assert (s["fallback_engagements"], s["fallback_retirements"], s["fallback_switches_refused"]) == (2, 1, 1)
+    assert s["fallback_active_at_end"] and s["fallback_predictions"] == 3

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from streams import catalog as ev
 from streams.consumer import read_to_end
+from streams.fallback_fold import fold_events, is_online_version
 from streams.topics import Topics
 
 
@@ -53,7 +54,8 @@ def _stats_s(values_ms: list[float]) -> dict | None:
 
 
 def summarise(events: LoopEvents, deployment: str) -> dict:
-    """Counts and loop latencies of one deployment. Latencies: feedback->trigger (trigger time minus
+    """Counts and loop latencies of one deployment (with the online fallback's engagements, retirements,
+    refused switches, whether it serves at the end and how many predictions it served). Latencies: feedback->trigger (trigger time minus
     the newest feedback in its snapshot; manual triggers left out), trigger->registered (per registered
     model), registered->promoted (per promotion by the policy)."""
     mine = lambda vs: [v for v in vs if v.get("deployment") == deployment]  # noqa: E731
@@ -69,6 +71,9 @@ def summarise(events: LoopEvents, deployment: str) -> dict:
     rejected = mine(_of(events.lifecycle, ev.CANDIDATE_REJECTED) + _of(events.updates, ev.CANDIDATE_REJECTED))
     promoted = mine(_of(events.updates, ev.MODEL_PROMOTED))
     rolled_back = mine(_of(events.updates, ev.MODEL_ROLLED_BACK))
+    # the online fallback: the one fold rule over model-updates in log order (streams/fallback_fold.py)
+    fallback = fold_events([(t, v) for t, v, *_ in events.updates if v.get("deployment") == deployment])
+    fallback_served = _online_served(preds)
     drift = mine(_of(events.drift, ev.DRIFT_MEASURED))
 
     # dedupe by event_id (at-least-once delivery may repeat events)
@@ -118,12 +123,22 @@ def summarise(events: LoopEvents, deployment: str) -> dict:
         "promotions_all": len(promoted),
         "rollbacks": len(rolled_back),
         "champions": [p["model_version"] for p in promoted],
+        "fallback_engagements": fallback.engagements.get(deployment, 0),
+        "fallback_retirements": fallback.retirements.get(deployment, 0),
+        "fallback_switches_refused": len(fallback.refused),
+        "fallback_active_at_end": fallback.active(deployment),
+        "fallback_predictions": fallback_served,
         "latency": {
             "feedback_to_trigger": _stats_s(feedback_to_trigger),
             "trigger_to_registered": _stats_s(trigger_to_registered),
             "registered_to_promoted": _stats_s(registered_to_promoted),
         },
     }
+
+
+def _online_served(predictions: list[dict]) -> int:
+    """Primary predictions served by an online learner (model version online:<learner>)."""
+    return sum(1 for p in predictions if p.get("role") == "primary" and is_online_version(p.get("model_version")))
 
 
 def _snapshot_feedback_times(triggers: list[dict], labeled_events: list) -> dict[str, int]:
