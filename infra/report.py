@@ -1,7 +1,8 @@
 """``ctloop report``: a self-contained HTML report of the loop, from ClickHouse.
 
 Per deployment: live accuracy over time with drift detections, triggers, training runs, promotions,
-rejections and rollbacks marked; the feedback-loop funnel; the shadow comparison; the model versions.
+rejections, rollbacks and online-fallback engagements/retirements marked; the feedback-loop funnel; the
+shadow comparison; the online fallback; the model versions.
 Plots are inline SVG generated here: no script, no CDN, no network.
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ WIDTH, HEIGHT = 860, 300
 PAD_L, PAD_R, PAD_T, PAD_B = 56, 150, 28, 44
 COLORS = {"accuracy": "#1f77b4", "drift": "#d62728", "trigger": "#ff7f0e", "run": "#17becf",
           "failed": "#7f7f7f", "promoted": "#2ca02c", "rolled_back": "#9467bd", "rejected": "#8c564b",
-          "primary": "#1f77b4", "shadow": "#ff7f0e"}
+          "primary": "#1f77b4", "shadow": "#ff7f0e", "fallback_on": "#e377c2", "fallback_off": "#bcbd22"}
 
 
 @dataclass
@@ -41,6 +42,38 @@ class DeploymentData:
     models: list[tuple] = field(default_factory=list)
     latency: tuple[int, float | None, float | None] = (0, None, None)
     """(feedback events learned from, median seconds, p90 seconds)"""
+    fallback: dict = field(default_factory=dict)
+    """The online fallback (see :func:`fallback_summary`): engagements, retirements, refused, active,
+    predictions served by it."""
+
+
+def fallback_summary(name: str, decisions: list[tuple]) -> tuple[dict, list[Marker]]:
+    """Fold a deployment's rows of the ``online_fallback_decisions`` view (kafka_offset, event_time ms,
+    event_id, kind, active, model_version, champion_version, reason, expected_decision), in any order,
+    with the one fold rule (streams.fallback_fold): returns the summary and the markers of the applied
+    engagements and of the retirements (a switch off, or a promotion/rollback while it served)."""
+    from streams import catalog as ev
+    from streams.fallback_fold import FallbackFold
+
+    fold, markers = FallbackFold(), []
+    types = {"fallback_engaged": ev.ONLINE_FALLBACK_SWITCHED, "fallback_retired": ev.ONLINE_FALLBACK_SWITCHED,
+             "promoted": ev.MODEL_PROMOTED, "rolled_back": ev.MODEL_ROLLED_BACK}
+    for _off, t, event_id, kind, active, version, champion, reason, expected in sorted(decisions, key=lambda r: r[0]):
+        was = fold.active(name)
+        value = {"event_id": str(event_id), "deployment": name, "event_time": int(t), "active": bool(active),
+                 "model_version": version, "champion_version": champion, "reason": reason,
+                 "expected_decision": expected}
+        if not fold.apply(types[kind], value):
+            continue
+        now = fold.active(name)
+        if now and not was:
+            markers.append(Marker(int(t), "fallback_on", f"online fallback {version} serves (champion {champion})"))
+        elif was and not now:
+            markers.append(Marker(int(t), "fallback_off", f"online fallback retired ({reason or kind})"
+                                  if kind == "fallback_retired" else f"online fallback retired by {kind} {version}"))
+    summary = {"engagements": fold.engagements.get(name, 0), "retirements": fold.retirements.get(name, 0),
+               "refused": len(fold.refused), "active": fold.active(name)}
+    return summary, markers
 
 
 # -- data -------------------------------------------------------------------------------------------
@@ -80,6 +113,13 @@ def collect(client, database: str) -> list[DeploymentData]:
         }
         for kind, sql in marker_sql.items():
             d.markers += [Marker(int(t), kind, label) for t, label in rows(sql, d=name)]
+        d.fallback, fallback_markers = fallback_summary(name, rows(
+            "SELECT kafka_offset, toUnixTimestamp64Milli(event_time), event_id, kind, active, model_version, "
+            "champion_version, reason, expected_decision FROM {db}.online_fallback_decisions "
+            "WHERE deployment = {d:String}", d=name))
+        d.fallback["predictions"] = int(rows("SELECT count() FROM {db}.predictions FINAL WHERE deployment = {d:String} "
+                                             "AND role = 'primary' AND startsWith(model_version, 'online:')", d=name)[0][0])
+        d.markers += fallback_markers
         d.markers.sort(key=lambda m: m.time_ms)
         funnel = rows("SELECT logged, reviewed, added_to_training, trained_on FROM {db}.feedback_funnel "
                       "WHERE deployment = {d:String}", d=name)
@@ -211,7 +251,8 @@ def accuracy_svg(d: DeploymentData) -> str:
     parts += _legend([(COLORS["accuracy"], "accuracy"), (COLORS["drift"], "drift detected"),
                       (COLORS["trigger"], "training trigger"), (COLORS["run"], "training run"),
                       (COLORS["failed"], "run failed"), (COLORS["promoted"], "promotion"),
-                      (COLORS["rejected"], "rejection"), (COLORS["rolled_back"], "rollback")])
+                      (COLORS["rejected"], "rejection"), (COLORS["rolled_back"], "rollback"),
+                      (COLORS["fallback_on"], "online fallback on"), (COLORS["fallback_off"], "online fallback off")])
     return _svg(f"accuracy-{d.name}", parts, f"{d.name}: accuracy over time")
 
 
@@ -269,11 +310,16 @@ def render(deployments: list[DeploymentData], *, generated_at: int | None = None
                         [[_v(v), alias, _fmt_time(int(t)), "" if acc is None else f"{acc:.3f}", rows_]
                          for v, alias, t, acc, rows_ in d.models])
         timeline = _table(["time (UTC)", "event"], [[_fmt_time(m.time_ms), m.label] for m in d.markers])
+        fb = d.fallback or {}
+        fallback = (f"engaged {fb.get('engagements', 0)} time(s), retired {fb.get('retirements', 0)}, "
+                    f"{fb.get('refused', 0)} stale switch(es) refused; served {fb.get('predictions', 0)} primary "
+                    f"predictions; {'serving now' if fb.get('active') else 'not serving now'}")
         sections.append(
             f'<section class="deployment" id="deployment-{_esc(d.name)}"><h2>{_esc(d.name)}</h2>'
             f"<h3>Accuracy over time</h3>{accuracy_svg(d)}"
             f"<h3>Feedback loop</h3>{funnel_svg(d)}<p>{_esc(latency)}</p>"
             f"<h3>Shadow comparison</h3>{shadow_svg(d)}"
+            f'<h3>Online fallback</h3><p class="fallback">{_esc(fallback)}</p>'
             f"<h3>Model versions</h3>{models}<h3>Loop events</h3>{timeline}</section>")
     if not sections:
         sections.append("<p>No events in ClickHouse yet: run <code>ctloop sink</code>.</p>")
