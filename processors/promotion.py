@@ -223,6 +223,11 @@ def register(app, ctx) -> None:
             # the online fallback serves in the champion's place: the shadow is judged against it, and
             # the decision still expects (and replaces) the registry champion
             served_primary, comparison = comparison["primary_version"], {**comparison, "primary_version": champion}
+        elif champion is not None:
+            with state.lock:
+                fallback_serves = state.fallback.active(dep)
+            if fallback_serves:
+                return  # the online fallback serves: the shadow is judged against it, not the champion it replaced
         decision = policy.decide(config, comparison)
         if decision is None:
             return
