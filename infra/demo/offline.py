@@ -1,11 +1,14 @@
-"""The effectiveness comparison without Kafka: the demo's stream with drifts at fixed positions,
-a never-retrained model (the default ctloop factory trained on concept A) and a river online learner
-fed the same delayed reviews. ``ctloop effectiveness`` prints it; the demo adds the ctloop-managed
-model's served labels to the same comparison."""
+"""The effectiveness comparison without Kafka: a scenario's stream, the initial model never retrained
+(the trainers' default factory trained on the initial set), river HAT and ARF and a periodic
+sliding-window retrain, all fed the same delayed reviews. ``ctloop effectiveness`` prints it; the demo
+adds the ctloop-managed model's served labels to the same comparison."""
 from __future__ import annotations
 
-from infra.demo.effectiveness import Comparison, compare
-from infra.demo.stream import DriftingStream, Reviewers, training_data
+from typing import Sequence
+
+from infra.demo.effectiveness import PEERS, Comparison, compare
+from infra.demo.scenarios import DEFAULT_SCENARIO, make_scenario
+from infra.demo.stream import Reviewers
 
 
 def frozen_model(features: list[dict], labels: list[str]):
@@ -19,14 +22,15 @@ def frozen_model(features: list[dict], labels: list[str]):
     return Predictor(result.module, result.feature_names, result.classes, "frozen").predict_batch
 
 
-def offline_comparison(n: int = 12000, *, seed: int = 42, review_fraction: float = 0.5, initial_examples: int = 2000,
-                       predict_batch=None) -> Comparison:
+def offline_comparison(n: int = 9000, *, scenario: str = DEFAULT_SCENARIO, seed: int = 42, review_fraction: float = 0.5,
+                       min_delay: int = 20, max_delay: int = 200, predict_batch=None,
+                       which: Sequence[str] = PEERS) -> Comparison:
+    """The comparison on ``n`` events of ``scenario`` (three concepts of n // 3 events)."""
     if n < 30:
         raise ValueError(f"n: need at least 30 events for two drifts, got {n}")
-    drift_points = [n // 3, 2 * n // 3]
-    samples = DriftingStream.samples(n, drift_points, seed=seed)
-    reviewers = Reviewers(fraction=review_fraction, seed=seed + 7)
-    reviews = [r for s in samples if (r := reviewers.observe(s)) is not None]
-    initial = training_data(initial_examples, seed=seed + 1000)
-    predict_batch = predict_batch or frozen_model(*initial)
-    return compare(samples, drift_points, reviews, frozen_predict_batch=predict_batch, initial=initial)
+    sc = make_scenario(scenario, seed=seed, concept_events=n // 3)
+    reviews = Reviewers(fraction=review_fraction, min_delay=min_delay, max_delay=max_delay,
+                        seed=seed + 7).schedule(sc.samples)
+    predict_batch = predict_batch or frozen_model(*sc.initial)
+    return compare(sc.samples, sc.drift_points, reviews, frozen_predict_batch=predict_batch, initial=sc.initial,
+                   which=which)

@@ -174,6 +174,12 @@ class Reviewers:
         self._pending.setdefault(review.due_index, []).append(review)
         return review
 
+    def schedule(self, samples) -> list[Review]:
+        """Observe every sample (no predicted label: plain labels) and return the scheduled reviews. The
+        random draws do not depend on the predicted label, so a fresh ``Reviewers`` with the same
+        settings schedules the same (sample, due index, label) while serving."""
+        return [r for s in samples if (r := self.observe(s)) is not None]
+
     def due(self, position: int) -> list[Review]:
         """Reviews due at or before stream ``position`` (each returned once)."""
         ready = sorted(k for k in self._pending if k <= position)
