@@ -2,12 +2,15 @@
 
 Kafka: CTLOOP_TEST_BOOTSTRAP_SERVERS if set, else a testcontainers Kafka when a Docker engine
 answers, else the embedded Tansu broker (one per test session). Each test gets its own topic prefix,
-so tests never see each other's events.
+so tests never see each other's events; every prefix starts with the run's own (``test_run_prefix``),
+and the topics are deleted after the test and, what is left, at the end of the session
+(tests/helpers/topic_cleanup.py).
 ClickHouse: CTLOOP_TEST_CLICKHOUSE_URL if set, else a testcontainers ClickHouse when a Docker engine
 answers, else embedded chdb under a temporary directory.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 
@@ -31,19 +34,38 @@ def docker_available() -> bool:
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap():
+def test_run_prefix() -> str:
+    """The start of every topic prefix this test run hands out (``t<6 hex>-``)."""
+    return f"t{uuid.uuid4().hex[:6]}-"
+
+
+@contextlib.contextmanager
+def _swept(bootstrap: str, run_prefix: str):
+    """Yield ``bootstrap``; at the end delete this run's topics and fail on any left (topic_cleanup)."""
+    from tests.helpers.topic_cleanup import list_topics, sweep
+
+    from confluent_kafka.admin import AdminClient
+
+    before = list_topics(AdminClient({"bootstrap.servers": bootstrap}))
+    yield bootstrap
+    sweep(bootstrap, run_prefix, before)
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(test_run_prefix):
     configured = os.environ.get("CTLOOP_TEST_BOOTSTRAP_SERVERS")
     if configured:
-        yield configured
+        with _swept(configured, test_run_prefix) as bootstrap:
+            yield bootstrap
         return
     if docker_available():
         from testcontainers.kafka import KafkaContainer
 
-        with KafkaContainer().with_kraft() as kafka:
-            yield kafka.get_bootstrap_server()
+        with KafkaContainer().with_kraft() as kafka, _swept(kafka.get_bootstrap_server(), test_run_prefix) as bootstrap:
+            yield bootstrap
         return
-    with EmbeddedBroker() as broker:
-        yield broker.bootstrap_servers
+    with EmbeddedBroker() as broker, _swept(broker.bootstrap_servers, test_run_prefix) as bootstrap:
+        yield bootstrap
 
 
 @pytest.fixture(scope="session")
@@ -63,10 +85,18 @@ def clickhouse_url(tmp_path_factory):
 
 
 @pytest.fixture
-def settings(kafka_bootstrap, tmp_path) -> Settings:
-    """Settings on the test Kafka with a topic prefix of this test's own."""
-    return Settings(bootstrap_servers=kafka_bootstrap, topic_prefix=f"t{uuid.uuid4().hex[:10]}.",
-                    default_partitions=4, data_dir=str(tmp_path / "data"))
+def settings(kafka_bootstrap, test_run_prefix, tmp_path) -> Settings:
+    """Settings on the test Kafka with a topic prefix of this test's own (under the run's prefix); the
+    topics with that prefix are deleted when the test ends."""
+    from tests.helpers.topic_cleanup import delete_prefix
+
+    prefix = f"{test_run_prefix}{uuid.uuid4().hex[:8]}."
+    yield Settings(bootstrap_servers=kafka_bootstrap, topic_prefix=prefix, default_partitions=4,
+                   data_dir=str(tmp_path / "data"))
+    try:
+        delete_prefix(kafka_bootstrap, prefix)
+    except Exception:  # noqa: BLE001 - a broker a test stopped: the session's sweep deletes them
+        pass
 
 
 @pytest.fixture
