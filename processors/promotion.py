@@ -223,6 +223,9 @@ def register(app, ctx) -> None:
             # the online fallback serves in the champion's place: the shadow is judged against it, and
             # the decision still expects (and replaces) the registry champion
             served_primary, comparison = comparison["primary_version"], {**comparison, "primary_version": champion}
+            # "overtakes": against the fallback any significant improvement promotes (threshold 0); the
+            # champion it replaced had already lost to the fallback by promotion_threshold
+            config = {**config, "promotion_threshold": 0.0}
         elif champion is not None:
             with state.lock:
                 fallback_serves = state.fallback.active(dep)
