@@ -78,7 +78,9 @@ class Settings:
     """Model artifact store (a local directory). Empty: <data_dir>/artifacts."""
     # --- processes ---------------------------------------------------------------------------------
     metrics_port: int = 0
-    """Port of the Prometheus endpoint of a process (0: a free port is chosen and logged)."""
+    """Port of the Prometheus endpoint of a process (0: a free port is chosen and logged). Never inherited by a
+    child process: the demo's processors worker serves on metrics_port + 1 (infra/child_env.py), a supervisor's
+    workers on metrics_port + i."""
     processor_workers: int = 1
     """Stream-processor worker processes `ctloop process` (and `python -m processors.worker`) runs and supervises,
     in one consumer group; more than 1: each child gets CTLOOP_PROCESSOR_WORKERS=1, metrics on metrics_port + i (0: a free

@@ -147,7 +147,7 @@ BEHAVIOURAL_TESTS = {
     "shadow_comparison_every": "test_serving.py::test_steady_stream_through_a_policy_promotion_has_zero_failed_requests",
     "trainer_run_delay_s": "test_trainers.py::test_killed_trainer_trigger_is_completed_after_restart",
     "clickhouse_database": "test_clickhouse_sink.py::test_schema_is_idempotent_and_database_name_checked",
-    "trainer_device": "test_compose.py::test_trainer_reserves_a_gpu",
+    "trainer_device": "test_compose.py::test_the_gpu_reservation_is_in_the_override_file_only",
 }
 
 
