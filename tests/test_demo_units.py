@@ -424,3 +424,43 @@ def test_bench_command_refuses_unknown_scripts():
 
     result = CliRunner().invoke(cli, ["bench", "--only", "no_such_benchmark"])
     assert result.exit_code != 0 and "no_such_benchmark" in str(result.exception or result.output)
+
+
+def test_bench_runner_honours_a_scripts_declared_timeout(tmp_path):
+    from infra.demo.bench import declared_timeout
+
+    (tmp_path / "long.py").write_text("BENCH_TIMEOUT_S = (1200, 7200)\n\ndef run(quick):\n    return []\n")
+    (tmp_path / "plain.py").write_text("def run(quick):\n    return []\n")
+    assert declared_timeout(tmp_path / "long.py", True) == 1200 and declared_timeout(tmp_path / "long.py", False) == 7200
+    assert declared_timeout(tmp_path / "plain.py", True) is None
+
+
+def _demo_doc(ctloop_whole, arf_whole, ctloop_after, hat_after, margins, ok=True):
+    whole = {CTLOOP: ctloop_whole, NEVER: 0.5, HAT: 0.7, ARF: arf_whole, SLIDING: 0.6}
+    after = {CTLOOP: ctloop_after, NEVER: 0.45, HAT: hat_after, ARF: 0.6, SLIDING: 0.5}
+    windows = [{"name": "whole stream", "kind": "whole"}] + [{"name": f"w{i}", "kind": "fixed"} for i in range(len(margins))]
+    return {"ok": ok, "closed_per_drift": [ok], "candidates_rejected": 1, "wall_s": 100.0, "problems": [],
+            "effectiveness": {"overall": whole, "by_kind": {k: {"after_drift": v} for k, v in after.items()},
+                              "windows": windows,
+                              "ctloop_minus_never": {"whole stream": 0.2, **{f"w{i}": m for i, m in enumerate(margins)}}}}
+
+
+def test_effectiveness_bench_means_over_seeds_and_checks_the_targets():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("bench_effectiveness", Path(__file__).parents[1] / "bench" / "effectiveness.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    runs = [bench.figures(_demo_doc(0.80, 0.78, 0.60, 0.55, [0.3, 0.0])),
+            bench.figures(_demo_doc(0.76, 0.80, 0.50, 0.57, [0.2, -0.02], ok=False))]
+    for seed, r in enumerate(runs, 1):
+        r["seed"] = seed
+    s = bench.summarise({"x": runs})["x"]
+    assert s["mean"][CTLOOP]["whole"] == pytest.approx(0.78) and s["mean"][ARF]["whole"] == pytest.approx(0.79)
+    assert s["mean"][CTLOOP]["after_drift"] == pytest.approx(0.55) and s["mean"][HAT]["after_drift"] == pytest.approx(0.56)
+    assert s["targets"] == {"whole >= ARF": False, "whole >= sliding": True, "after drift >= HAT": False,
+                            "no window < never - 1pt": False, "loop closed, noisy rejected": False}
+    assert s["worst_margin_vs_never"] == pytest.approx(-0.02)
+    text = bench.render({"x": runs}, {"x": s})
+    assert "mean" in text and "whole >= ARF: NO" in text

@@ -23,6 +23,22 @@ REQUIRED = ("name", "value", "unit")
 _MARK = "CTLOOP-BENCH-JSON:"
 
 
+def declared_timeout(path: Path, quick: bool) -> float | None:
+    """A script's own deadline: a module-level ``BENCH_TIMEOUT_S = (quick_seconds, full_seconds)``
+    (read without importing the script); None when it declares none."""
+    import ast
+
+    try:
+        tree = ast.parse(path.read_text())
+    except (OSError, SyntaxError):
+        return None
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "BENCH_TIMEOUT_S" for t in node.targets):
+            quick_s, full_s = ast.literal_eval(node.value)
+            return float(quick_s if quick else full_s)
+    return None
+
+
 def discover(bench_dir: Path = BENCH_DIR) -> list[Path]:
     return sorted(p for p in bench_dir.glob("*.py") if p.name != "run.py" and not p.name.startswith("_"))
 
@@ -100,12 +116,13 @@ def run_benchmarks(*, quick: bool = False, only: Iterable[str] | None = None, ou
     for path in scripts:
         progress(f"bench: {path.stem} ...")
         t0 = time.monotonic()
+        limit = declared_timeout(path, quick) or per_script
         try:
-            rows = run_script(path, quick, per_script)
+            rows = run_script(path, quick, limit)
             results.extend(rows)
             progress(f"bench: {path.stem}: {len(rows)} figure(s) in {time.monotonic() - t0:.1f}s")
         except subprocess.TimeoutExpired:
-            results.append({"script": path.stem, "name": f"{path.stem} (timed out after {per_script:.0f}s)",
+            results.append({"script": path.stem, "name": f"{path.stem} (timed out after {limit:.0f}s)",
                             "error": "timeout"})
             progress(f"bench: {path.stem}: TIMED OUT")
         except Exception as exc:  # noqa: BLE001 - one failing script does not hide the others
