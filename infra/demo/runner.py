@@ -61,7 +61,7 @@ class DemoOptions:
     """Served events per second (0: as fast as possible)."""
     initial_examples: int | None = None
     """Size of the initial training set (first concept, not served); None: the scenario's default."""
-    fault_at: int = 700
+    fault_at: int = 900
     """Event at which the fault-injection trigger is published (early in the first concept, so its
     cooldown is over long before the first drift)."""
     review_fraction: float = 0.5
@@ -93,7 +93,7 @@ class DemoOptions:
         """A shorter run for tests (about 2 minutes): a smaller initial set, a smaller shadow sample and
         (with ``drifts=1``) two concepts. The events per concept and the rate stay those of the full demo:
         a post-drift phase of 20 s leaves the loop time to close."""
-        base = dict(initial_examples=1500, fault_at=600, promotion_min_samples=150, min_training_examples=150,
+        base = dict(initial_examples=1500, fault_at=800, promotion_min_samples=150, min_training_examples=150,
                     trigger_threshold=1200, timeout_s=240.0)
         base.update(overrides)
         return cls(**base)
@@ -177,9 +177,18 @@ class ProcessorsProcess:
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout_s: float = 90.0) -> "ProcessorsProcess":
+        return self.launch().wait_ready(timeout_s)
+
+    def launch(self) -> "ProcessorsProcess":
+        """Start the subprocess without waiting (``wait_ready`` waits)."""
         with open(self.log_path, "wb") as log_file:
             self.proc = subprocess.Popen([sys.executable, "-m", "processors.worker"], cwd=str(ROOT),
                                          env=settings_env(self.settings), stdout=log_file, stderr=subprocess.STDOUT)
+        return self
+
+    def wait_ready(self, timeout_s: float = 90.0) -> "ProcessorsProcess":
+        """Wait for the ready file; RuntimeError when the worker exited first, TimeoutError (after
+        stopping it) when it is not ready within ``timeout_s``."""
         deadline = time.monotonic() + timeout_s
         while not self.ready_file.exists():
             if self.proc.poll() is not None:
@@ -408,6 +417,8 @@ def _run(settings: Settings, options: DemoOptions, scenario: Scenario, progress:
                                                              rollback_margin=options.rollback_margin)
         loop_settings = {k: record.get(k) for k in LOOP_SETTINGS_SHOWN if k in record}
         say(f"deployment {dep_name!r} settings: " + ", ".join(f"{k}={v}" for k, v in loop_settings.items()))
+        # the worker starts (tens of seconds on a busy machine) while the initial model trains
+        processors = ProcessorsProcess(settings, run_dir).launch()
 
         from trainers.artifacts import ArtifactStore
         from trainers.bootstrap import register_initial_model
@@ -421,6 +432,8 @@ def _run(settings: Settings, options: DemoOptions, scenario: Scenario, progress:
         frozen_labels = [o[0] if isinstance(o, tuple) else o
                          for o in frozen.predict_batch([s.features for s in scenario.samples])]
     except BaseException:
+        with contextlib.suppress(NameError):
+            processors.stop()
         client.close(10)
         raise
 
@@ -453,9 +466,8 @@ def _run(settings: Settings, options: DemoOptions, scenario: Scenario, progress:
                 if not t.stop(90):
                     problems.append(f"{t.trainer_id} did not stop within 90s")
 
-        processors = ProcessorsProcess(settings, run_dir)
         cleanup.callback(processors.stop)
-        processors.start()
+        processors.wait_ready()
         say(f"processors worker pid {processors.proc.pid} ready (log {processors.log_path})")
         monitor = LoopMonitor(settings, dep_name)
         cleanup.callback(monitor.stop)
