@@ -773,6 +773,8 @@ def render_summary(result: DemoResult) -> str:
         ("candidates rejected", f"{s['candidates_rejected']} " + (json.dumps(s["rejected_by_stage"]) if s["rejected_by_stage"] else "")),
         ("promotions by the policy", s["promotions"]),
         ("rollbacks", s["rollbacks"]),
+        ("online fallback engaged / retired (predictions)",
+         f"{s.get('fallback_engagements', 0)} / {s.get('fallback_retirements', 0)} ({s.get('fallback_predictions', 0)})"),
         ("champions in order", " -> ".join(s["champions"]) or "-"),
         ("drift points (event index)", ", ".join(map(str, result.drift_points)) or "none known"),
         ("served accuracy, whole stream", _fmt(acc.get("overall"), True)),
