@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+BENCH_TIMEOUT_S = (600, 900)  # (--quick, full): one demo, read by infra.demo.bench
 
 
 def run(quick: bool = False) -> list[dict]:
