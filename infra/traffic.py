@@ -86,20 +86,19 @@ def start_serving(settings: Settings, options: AppOptions, client, metrics=None,
     ``initial_examples`` of the first concept) only when none can be loaded. Returns
     (deployment, registered_initial)."""
     from infra.demo.stream import training_data
-    from streams.serving import Deployment, NoChampionError
+    from streams.serving import Deployment
+    from trainers.registry import ModelRegistry
 
-    deployment = Deployment(settings, options.deployment, client=client, metrics=metrics)
-    try:
-        return deployment.start(timeout_s=min(timeout_s, 10.0)), False
-    except NoChampionError:
-        deployment.close()
-    from trainers.bootstrap import register_initial_model
+    registered = False
+    if ModelRegistry.load(settings, timeout_s=timeout_s).champion(options.deployment) is None:
+        from trainers.bootstrap import register_initial_model
 
-    x0, y0 = training_data(options.initial_examples, seed=options.seed + 1000)
-    version = register_initial_model(settings, options.deployment, x0, y0, model_name=f"{options.deployment}-model")
-    log.info("app: no champion for %r; registered the initial model %s", options.deployment, version.version)
+        x0, y0 = training_data(options.initial_examples, seed=options.seed + 1000)
+        version = register_initial_model(settings, options.deployment, x0, y0, model_name=f"{options.deployment}-model")
+        log.info("app: no champion for %r; registered the initial model %s", options.deployment, version.version)
+        registered = True
     deployment = Deployment(settings, options.deployment, client=client, metrics=metrics)
-    return deployment.start(timeout_s=timeout_s), True
+    return deployment.start(timeout_s=timeout_s), registered
 
 
 def run_app(settings: Settings, options: AppOptions | None = None, *, stop: Callable[[], bool] = lambda: False,
