@@ -10,12 +10,16 @@ the stage sees them, numbered #1, #2, ... (every role: they are all training dat
   mean before), the change point is the first example of those it kept (its ``width``).
 * **drift**: the first drift-detected DriftMeasured window after one that was not (a run of detected
   windows is one change): the change point is the first labeled example, from then on, whose
-  prediction was made at or after the window's ``window_start`` (prediction times and window bounds are
-  the same app clock); examples of older predictions that arrive later are not counted as post-change.
-* **decay** with no change point known: the start of the rolling performance window that decayed.
+  prediction was made after the change time: the later of the window's ``window_start`` and the
+  ``window_end`` of the latest window without drift (prediction times and window bounds are the same
+  app clock); examples of older predictions that arrive later are not counted as post-change.
+* **decay** with no change point known: the start of the rolling performance window that decayed (a
+  coarse point: a window of 200 decays when a few dozen of its examples are post-change), replaced by
+  an ADWIN cut or a drift signal until a trigger fired on it.
 
 A signal while the change point still gathers its evidence (fewer than min_post_change_labels after it
-and no trigger fired on it) is the same change and does not move it; any later signal does. A promotion restarts ADWIN (another
+and no trigger fired on it) is the same change and does not move it (except a decay point, above); any
+later signal does. A promotion restarts ADWIN (another
 model's errors) and keeps the change point: the champion changed, the concept did not.
 
 **Evidence first**: drift and performance-decay triggers (and, with since_change windows, every
@@ -92,6 +96,7 @@ class LabelWindow:
         self.change: ChangePoint | None = None
         self.drift_active = False          # the drift stage's latest window detected drift
         self.drift_evidence: dict | None = None
+        self.clean_until: int | None = None    # window_end of the latest window without drift
         self._adwin = river_drift.ADWIN(delta=adwin_delta)
 
     # -- folding ------------------------------------------------------------------------------------
@@ -118,17 +123,25 @@ class LabelWindow:
         return self.signal(first, "adwin", f"ADWIN cut on the champion's error stream at labeled example #{first} "
                                            f"(error {before:.3f} -> {self._adwin.estimation:.3f} over the last {kept})")
 
-    def on_drift(self, detected: bool, window_start: int | None = None, evidence: dict | None = None) -> ChangePoint | None:
-        """A DriftMeasured window of the deployment. The first detected window after one that was not
-        is a change signal (returns the change point it made, or None)."""
+    def on_drift(self, detected: bool, window_start: int | None = None, evidence: dict | None = None, *,
+                 window_end: int | None = None) -> ChangePoint | None:
+        """A DriftMeasured window of the deployment (its window_start/window_end: prediction times, ms).
+        The first detected window after one that was not is a change signal: the change is at the later
+        of its start and the end of the last window without drift (windows are filled in the order the
+        stage reads partitions, so one window's time span can overlap the one before). Returns the
+        change point it made, or None."""
         was, self.drift_active = self.drift_active, bool(detected)
         if not detected:
             self.drift_evidence = None
+            if window_end is not None:
+                self.clean_until = int(window_end)
             return None
         self.drift_evidence = evidence
         if was:
             return None
         start = int(window_start) if window_start is not None else None
+        if self.clean_until is not None and (start is None or start <= self.clean_until):
+            start = self.clean_until + 1
         first = self.seen + 1
         if start is not None:   # the first example seen of a prediction at or after the window's start
             first = next((p.seq for p in self.positions if p.prediction_time is not None and p.prediction_time >= start),
@@ -155,7 +168,8 @@ class LabelWindow:
         ``min_post_change_labels`` examples with no trigger fired yet (the same change seen again).
         Returns the new change point or None."""
         cp = self.change
-        if cp is not None and cp.fired == 0 and cp.post_change_labels < self.min_post_change_labels:
+        if cp is not None and cp.fired == 0 and cp.post_change_labels < self.min_post_change_labels \
+                and not (cp.signal == "decay" and signal != "decay"):
             return None
         new = ChangePoint(first_seq, signal, description, min_prediction_time)
         new.post_change_labels = sum(1 for p in self.positions if new.counts(p.seq, p.prediction_time))

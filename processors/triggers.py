@@ -13,6 +13,14 @@ processors/performance.py; an automatic trigger's id is derived from its idempot
 (trigger_policy), so a duplicate decision cannot start a second training. A trigger carries the
 dataset snapshot: the end offsets of every labeled-examples partition, taken after flushing this
 process's producer.
+
+Training windows (processors/training_window.py): the forwarded items also carry each labeled
+example's position (partition, offset), prediction time, event time, role and correctness, so the
+owner keeps, per deployment, the positions of its recent labeled examples in the order it sees them, an
+ADWIN on the champion's error stream and the change point (ADWIN cut, drift detected, or decay). A
+trigger's snapshot is the deployment's window (``training_window``); drift and decay triggers wait for
+``min_post_change_labels`` labeled examples after the change point, then fire again each time that
+count doubles while the reason holds.
 """
 from __future__ import annotations
 
@@ -27,7 +35,8 @@ from processors.deployment_view import DeploymentView
 from processors.follower import LogFollower
 from processors.ownership import Ownership, forward_to_owners
 from processors.performance import PerformanceTracker
-from processors.snapshot import labeled_examples_snapshot, trigger_record
+from processors.snapshot import labeled_examples_snapshot, snapshot_ends, trigger_record, window_from_log
+from processors.training_window import LabelWindow, window_settings
 from processors.trigger_policy import TriggerPolicy
 from streams import catalog as ev
 from streams.consumer import end_offset_consumer
@@ -45,7 +54,14 @@ def register(app, ctx) -> None:
     perf: dict[str, PerformanceTracker] = {}
     champion_metrics: dict[tuple[str, str], dict] = {}
     latest_stats: dict[str, dict] = {}
+    windows: dict[str, LabelWindow] = {}
     lock = threading.Lock()
+
+    def label_window(dep: str) -> LabelWindow:
+        w = windows.get(dep)
+        if w is None:
+            w = windows[dep] = LabelWindow()
+        return w
 
     def tracker(dep: str) -> PerformanceTracker:
         t = perf.get(dep)
@@ -81,14 +97,14 @@ def register(app, ctx) -> None:
             if value.get("alias") == "champion":
                 with lock:
                     tracker(dep).set_champion(value["model_version"], value["metrics"].get("accuracy"))
-        elif event_type == ev.MODEL_PROMOTED:
-            metrics = champion_metrics.get((dep, value["model_version"]), {})
+        elif event_type in (ev.MODEL_PROMOTED, ev.MODEL_ROLLED_BACK):
+            version = value["model_version"] if event_type == ev.MODEL_PROMOTED else value["to_version"]
+            metrics = champion_metrics.get((dep, version), {})
             with lock:
-                tracker(dep).set_champion(value["model_version"], metrics.get("accuracy"))
-        elif event_type == ev.MODEL_ROLLED_BACK:
-            metrics = champion_metrics.get((dep, value["to_version"]), {})
-            with lock:
-                tracker(dep).set_champion(value["to_version"], metrics.get("accuracy"))
+                t = tracker(dep)
+                if version != t.champion_version:
+                    label_window(dep).on_promotion()   # another model's errors; the change point stays
+                t.set_champion(version, metrics.get("accuracy"))
 
     LogFollower(settings, [topics.deployments, topics.triggers, topics.model_lifecycle, topics.model_updates],
                 on_log_event, serde=ctx.serde, name="triggers-follower").start()
@@ -102,15 +118,68 @@ def register(app, ctx) -> None:
     rolling_p = m.gauge("ctloop_performance_rolling_precision", "Rolling macro precision of the live model.", ("deployment",))
     rolling_r = m.gauge("ctloop_performance_rolling_recall", "Rolling macro recall of the live model.", ("deployment",))
     baseline_g = m.gauge("ctloop_performance_baseline_accuracy", "Accuracy the live model is judged against.", ("deployment",))
+    seen_g = m.gauge("ctloop_training_window_labels_seen", "Labeled examples of the deployment this owner folded.",
+                     ("deployment",))
+    post_g = m.gauge("ctloop_training_window_post_change_labels",
+                     "Labeled examples after the deployment's change point (-1: none known).", ("deployment",))
     consumer = end_offset_consumer(settings)
+
+    def gated(dep: str, reason: str, s: dict) -> bool:
+        """Whether the trigger waits for post-change evidence: drift and decay always, any automatic
+        trigger when the window is since_change and a change point is known (min_post_change_labels > 0)."""
+        kind, _, _, min_post = window_settings(s)
+        if min_post <= 0:
+            return False
+        with lock:
+            known = label_window(dep).change is not None
+        return reason in ("drift", "performance_decay") or (kind == "since_change" and known)
+
+    def waiting(dep: str, reason: str, s: dict) -> int | None:
+        """Post-change labels the trigger still waits for (None: it may fire)."""
+        if not gated(dep, reason, s):
+            return None
+        min_post = window_settings(s)[3]
+        with lock:
+            w = label_window(dep)
+            w.min_post_change_labels = min_post
+            if reason == "performance_decay" and w.change is None:
+                w.on_decay(len(tracker(dep).pairs))
+            if w.change is None:   # a drift with no label since: the change point is the next one
+                return min_post
+            # drift and decay fire again as the post-change count doubles; the others need only the minimum
+            return w.waiting_for(min_post, doubling=reason in ("drift", "performance_decay"))
+
+    async def window_snapshot(dep: str, s: dict, now: int) -> tuple[list[dict], dict]:
+        """The trigger's snapshot per the deployment's training window, and its evidence."""
+        loop = asyncio.get_running_loop()
+        ends = snapshot_ends(await loop.run_in_executor(None, labeled_examples_snapshot, settings, consumer))
+        kind, labels, seconds, _ = window_settings(s)
+        stats = latest_stats.get(dep)
+        with lock:
+            w = label_window(dep)
+            # the fold has not seen every counted example (its pairs lag behind the stats, or this worker took
+            # over or restarted mid-stream): a sliding window is read from the log, so it holds exactly the
+            # last N (a since_change window from a known change point holds every later example anyway)
+            missed = stats is not None and w.seen < int(stats["added_to_training"])
+            from_log = kind != "all" and missed and not (kind == "since_change" and w.change is not None)
+            if not from_log:
+                return w.snapshot(kind, ends, labels=labels, seconds=seconds, now_ms=now)
+        return await loop.run_in_executor(None, lambda: window_from_log(settings, dep, s, ends))
 
     async def fire(dep: str, reason: str, evidence: dict) -> bool:
         s = view.get(dep)
         if not s["continuous_training_enabled"]:
             held.labels(dep, reason, "disabled").inc()
             return False
+        missing = waiting(dep, reason, s)
+        if missing is not None:
+            held.labels(dep, reason, "post_change_labels").inc()
+            return False
         now = now_ms()
-        why = policy.blocked(dep, s["cooldown_seconds"], now, s)
+        # drift and decay triggers that wait for evidence are spaced by it (post-change labels doubling),
+        # not by a cooldown in seconds
+        spaced = reason in ("drift", "performance_decay") and window_settings(s)[3] > 0
+        why = policy.blocked(dep, 0 if spaced else s["cooldown_seconds"], now, s)
         if why:
             held.labels(dep, reason, why).inc()
             return False
@@ -121,10 +190,13 @@ def register(app, ctx) -> None:
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
         await loop.run_in_executor(None, ctx.producer.flush)
-        snapshot = await loop.run_in_executor(None, labeled_examples_snapshot, settings, consumer)
+        snapshot, window_evidence = await window_snapshot(dep, s, now)
+        evidence.update(window_evidence)
         record = trigger_record(settings, dep, reason, evidence, snapshot, training_mode=s["training_mode"],
                                 idempotency_key=policy.idempotency_key(dep, reason))
         policy.reserve(dep, record["trigger_id"], now, added)
+        with lock:
+            label_window(dep).fired(window_settings(s)[3])
         outstanding_g.labels(dep).set(len(policy.outstanding.get(dep, {})))
         latency.observe(time.perf_counter() - started)
         ctx.producer.produce(topics.triggers, ev.TRAINING_TRIGGERED, record, key=dep)
@@ -146,6 +218,29 @@ def register(app, ctx) -> None:
         finally:
             firing.discard(dep)
 
+    def add_pairs(dep: str, pairs: list) -> None:
+        """Fold forwarded items (under ``lock``); items of 3 fields (before positions were forwarded)
+        feed only the performance tracker."""
+        t, w = tracker(dep), label_window(dep)
+        for item in pairs:
+            label, predicted, version = item[:3]
+            role = item[7] if len(item) > 7 else "primary"
+            if role == "primary":
+                t.add(label, predicted, version)
+            if len(item) > 8:
+                champion = role == "primary" and (t.champion_version is None or version == t.champion_version)
+                w.add(int(item[3]), int(item[4]), prediction_time=int(item[5]), event_time=int(item[6]),
+                      champion_correct=bool(item[8]) if champion else None)
+
+    def pending_drift(dep: str) -> dict | None:
+        """The drift evidence still wanted for an evidence-gated drift trigger: drift still detected and
+        the deployment waits for post-change labels (min_post_change_labels > 0)."""
+        if window_settings(view.get(dep))[3] <= 0:
+            return None
+        with lock:
+            found = label_window(dep).drift_evidence
+        return dict(found) if found else None
+
     pairs_topic = f"{settings.topic_prefix}{PAIRS_KEY}"
     n = topics.partitions("feedback-stats")
     owner = Ownership.of_app(app, topics.feedback_stats, n, settings.producer_partitioner)
@@ -155,15 +250,16 @@ def register(app, ctx) -> None:
     @app.agent(examples, name=f"{COMPONENT}.pairs")
     async def forward_pairs(stream):
         """labeled-examples (any partition) -> performance-pairs, keyed by deployment."""
-        def pair_of(_event_type, value):
-            if value["role"] == "primary":
-                return [value["label"], value.get("predicted_label"), value["model_version"]]
-            return None
+        def pair_of(_event_type, value, message):
+            # [label, predicted, version, partition, offset, prediction_time, event_time, role, correct]
+            return [value["label"], value.get("predicted_label"), value["model_version"], message.partition,
+                    message.offset, int(value["prediction_time"]), int(value["event_time"]), value["role"],
+                    bool(value["correct"])]
 
         async for events in stream.take_events(2000, within=0.005):
             # a pair over max_message_bytes alone (a huge label) is logged and not counted
             await forward_to_owners(ctx, events, component=COMPONENT, topic=pairs_topic, item_of=pair_of,
-                                    field="pairs", what="a performance pair")
+                                    field="pairs", what="a performance pair", with_message=True)
 
     source = app.topic(topics.feedback_stats, topics.drift, pairs_topic, key_type=bytes, value_type=bytes,
                        key_serializer="raw", value_serializer="raw")
@@ -179,8 +275,7 @@ def register(app, ctx) -> None:
                         dep = event.message.key.decode()
                         pairs = json.loads(event.message.value)["pairs"]
                         with lock:
-                            for label, predicted, version in pairs:
-                                tracker(dep).add(label, predicted, version)
+                            add_pairs(dep, pairs)
                     except Exception:  # noqa: BLE001 - an internal record we cannot use must not stop decisions
                         log.exception("triggers: performance pairs rejected")
                         continue
@@ -199,10 +294,16 @@ def register(app, ctx) -> None:
                         wanted.setdefault(dep, ("review_threshold", evidence))
                 elif etype == ev.DRIFT_MEASURED:
                     evidence = policy.drift(value, s)
+                    with lock:
+                        label_window(dep).on_drift(bool(evidence), value.get("window_start"), evidence,
+                                                   window_end=value.get("window_end"))
                     if evidence:
                         wanted.setdefault(dep, ("drift", evidence))
             for dep in touched:
                 with lock:
+                    w = label_window(dep)
+                    seen_g.labels(dep).set(w.seen)
+                    post_g.labels(dep).set(w.change.post_change_labels if w.change is not None else -1)
                     t = tracker(dep)
                     metrics = t.metrics()
                     evidence = t.decay(float(view.get(dep)["performance_decay_threshold"]))
@@ -215,6 +316,9 @@ def register(app, ctx) -> None:
                     baseline_g.labels(dep).set(baseline)
                 if evidence:
                     wanted.setdefault(dep, ("performance_decay", evidence))
+                pending = pending_drift(dep)
+                if pending:
+                    wanted.setdefault(dep, ("drift", pending))
             for dep, (reason, evidence) in wanted.items():
                 await try_fire(dep, reason, evidence)
 
@@ -230,8 +334,10 @@ def register(app, ctx) -> None:
             stats = latest_stats.get(dep)
             if stats is not None and policy.blocked(dep, s["cooldown_seconds"], now, s) is None:
                 await try_fire(dep, "review_threshold", policy.review(dep, stats, s))
+            if policy.blocked(dep, 0, now, s) is None:
                 with lock:
                     evidence = tracker(dep).decay(float(s["performance_decay_threshold"]))
                 await try_fire(dep, "performance_decay", evidence)
+                await try_fire(dep, "drift", pending_drift(dep))
             if s["schedule_seconds"] > 0:
                 await try_fire(dep, "schedule", policy.schedule(dep, s, now))

@@ -147,7 +147,8 @@ def test_review_threshold_fires_exactly_once_until_the_run_finished(settings, to
 
 def test_no_drift_trigger_on_a_stationary_stream_then_one_after_a_mean_shift(settings, topics):
     """Also in this worker: a schedule trigger, and a performance-decay trigger against the champion's
-    validation accuracy (other deployments)."""
+    validation accuracy (other deployments). Both drift and decay deployments turn the wait for
+    post-change labels off (min_post_change_labels 0): this test bounds detection itself."""
     window = 200
     settings = settings.replace(drift_window_size=window, performance_window=20)
     dep = "drift-dep"
@@ -162,10 +163,12 @@ def test_no_drift_trigger_on_a_stationary_stream_then_one_after_a_mean_shift(set
             Collector(settings, topics.triggers, topics.drift) as out:
         client.setup_continuous_training("sched-dep", schedule="1s", cooldown_seconds=0)
         client.setup_continuous_training("perf-dep", performance_decay_threshold=0.2, cooldown_seconds=0)
+        client.setup_training_window("perf-dep", "since_change", min_post_change_labels=0)  # no evidence wait
         for i in range(20):                           # live accuracy 0.5: 0.4 below the champion's 0.9
             pid = client.log_prediction("perf-dep", {"x": 1.0}, label="a", model_version="1")
             client.log_feedback(pid, "perf-dep", label="a" if i % 2 else "b")
         client.setup_continuous_training(dep, drift_threshold=0.5, cooldown_seconds=0)
+        client.setup_training_window(dep, "since_change", min_post_change_labels=0)   # fire on detection
         for i in range(stationary):
             client.log_prediction(dep, {"a": rng.normal(), "b": rng.normal(), "c": rng.exponential()}, label="x",
                                   model_version="1", event_time=t0 + i)

@@ -125,6 +125,17 @@ def test_a_signal_while_the_change_point_gathers_evidence_does_not_move_it():
     assert w.signal(280, "adwin", "later") is not None and w.change.seq == 280
 
 
+def test_an_adwin_cut_or_drift_replaces_a_decay_change_point_until_it_fired():
+    w = LabelWindow(min_post_change_labels=200)
+    _feed(w, 100, accuracy=1.0, rng=random.Random(0))
+    coarse = w.on_decay(20)
+    assert coarse.signal == "decay" and coarse.seq == 81 and coarse.post_change_labels == 20
+    assert w.on_decay(20) is None                                    # one change point at a time
+    cut = w.signal(95, "adwin", "ADWIN cut")
+    assert cut is not None and w.change is cut
+    assert w.signal(97, "decay", "coarse again") is None and w.change is cut
+
+
 def test_offsets_text_round_trip_and_error_names_the_field():
     text = format_offsets([{"partition": 0, "start_offset": 5, "end_offset": 9}, {"partition": 1, "start_offset": 2,
                                                                                   "end_offset": 2}])
