@@ -6,6 +6,8 @@ schedule (schedule_seconds since the last trigger), manual (``ctloop trigger``; 
 Automatic triggers need continuous training enabled, and are held back while the deployment has an
 outstanding trigger (no TrainingRunFinished/Failed for it yet, and younger than trigger_timeout_s) or
 its last trigger is younger than cooldown_seconds: one outstanding trigger per deployment, no storms.
+(Drift and decay triggers that wait for post-change labels, processors/training_window.py, are checked
+with a cooldown of 0: the doubling of their evidence spaces them, not seconds.)
 They are also held back while a shadow awaits the promotion policy's decision (continuous deployment
 enabled and a shadow set, for at most trigger_timeout_s since it was set): the trainer sets every new
 challenger as the shadow, which discards the evidence gathered on the one before, so retraining at the
