@@ -41,7 +41,8 @@ def register(cli: click.Group) -> None:
     @click.option("--requested-by", default=None, help="Who asks (default: the current user).")
     @click.pass_obj
     def trigger(settings, deployment, training_mode, requested_by):
-        """Publish a manual training trigger for DEPLOYMENT (snapshot: labeled examples so far)."""
+        """Publish a manual training trigger for DEPLOYMENT (snapshot: its training window of the labeled
+        examples so far: all, the sliding window, or since the latest change point a trigger named)."""
         from processors.snapshot import publish_manual_trigger
 
         require_bootstrap(settings)
