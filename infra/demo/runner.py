@@ -287,10 +287,18 @@ class LoopMonitor:
         self.deployment = deployment
         self.lock = threading.Lock()
         self.events: list[tuple[str, dict]] = []
-        self.follower = TopicFollower(settings, [topics.triggers, topics.model_lifecycle, topics.model_updates],
-                                      self._on_event, name="demo-monitor")
+        self.added_to_training = 0
+        """The latest FeedbackLoopStats' labeled examples of the deployment (what a trigger can train on)."""
+        self.follower = TopicFollower(settings, [topics.triggers, topics.model_lifecycle, topics.model_updates,
+                                                 topics.feedback_stats], self._on_event, name="demo-monitor")
 
     def _on_event(self, event) -> None:
+        from streams import catalog as ev
+
+        if event.event_type == ev.FEEDBACK_LOOP_STATS:
+            if event.value.get("deployment") == self.deployment:
+                self.added_to_training = max(self.added_to_training, int(event.value.get("added_to_training") or 0))
+            return
         if event.value.get("deployment") == self.deployment:
             with self.lock:
                 self.events.append((event.event_type, event.value))
@@ -542,7 +550,11 @@ def _run(settings: Settings, options: DemoOptions, scenario: Scenario, progress:
             elif outcome == "failed" and state["retry_at"] is None and state["faulty_runs"] >= state["fault_tries"]:
                 state["retry_at"] = position + 300
                 say("the faulty run failed (too little data?); another trigger follows")
-            if ((outcome is None and state["fault_tries"] == 0 and position >= options.fault_at)
+            # the first try waits (from fault_at on) until the snapshot can hold enough labeled examples,
+            # at the latest until its cooldown would reach the first drift
+            latest = (drift_points[0] if drift_points else len(scenario)) - options.cooldown_seconds * options.rate - 300
+            enough = monitor.added_to_training >= options.min_training_examples or position >= latest
+            if ((outcome is None and state["fault_tries"] == 0 and position >= options.fault_at and enough)
                     or (outcome == "failed" and state["retry_at"] is not None and position >= state["retry_at"]
                         and state["fault_tries"] < 3)):
                 from processors.snapshot import publish_manual_trigger
@@ -686,6 +698,8 @@ def _closed_per_drift(prediction_ids: list[str], events: LoopEvents, drift_point
     promoted = [v["event_time"] for t, v, *_ in events.updates
                 if t == ev.MODEL_PROMOTED and v["deployment"] == dep_name and v["decided_by"] == "policy"]
     out = []
+    if not prediction_ids:
+        return [False] * len(drift_points)
     for k, d in enumerate(drift_points):
         t0 = primary.get(prediction_ids[d]) if d < len(prediction_ids) else None
         nxt = drift_points[k + 1] if k + 1 < len(drift_points) else None
