@@ -134,11 +134,19 @@ def register(app, ctx) -> None:
             known = label_window(dep).change is not None
         return reason in ("drift", "performance_decay") or (kind == "since_change" and known)
 
+    def evidence_needed(s: dict) -> int:
+        """Post-change labels a gated trigger needs: min_post_change_labels, and with the since_change
+        window at least the deployment's min_training_examples (the trainer refuses fewer)."""
+        kind, _, _, min_post = window_settings(s)
+        if min_post > 0 and kind == "since_change":
+            return max(min_post, int(s.get("min_training_examples") or 0))
+        return min_post
+
     def waiting(dep: str, reason: str, s: dict) -> int | None:
         """Post-change labels the trigger still waits for (None: it may fire)."""
         if not gated(dep, reason, s):
             return None
-        min_post = window_settings(s)[3]
+        min_post = evidence_needed(s)
         with lock:
             w = label_window(dep)
             w.min_post_change_labels = min_post
@@ -196,7 +204,7 @@ def register(app, ctx) -> None:
                                 idempotency_key=policy.idempotency_key(dep, reason))
         policy.reserve(dep, record["trigger_id"], now, added)
         with lock:
-            label_window(dep).fired(window_settings(s)[3])
+            label_window(dep).fired(evidence_needed(s))
         outstanding_g.labels(dep).set(len(policy.outstanding.get(dep, {})))
         latency.observe(time.perf_counter() - started)
         ctx.producer.produce(topics.triggers, ev.TRAINING_TRIGGERED, record, key=dep)

@@ -67,7 +67,7 @@ def test_drift_trigger_waits_for_post_change_labels_starts_at_the_change_and_dou
     with running_processors(settings, stages=STAGES, timeout_s=60) as proc, CtloopClient(settings) as client, \
             Collector(settings, topics.triggers, topics.drift, topics.labeled_examples) as out:
         port = proc.ready["metrics_port"]
-        client.setup_feedback_loop(dep, model_name="m")
+        client.setup_feedback_loop(dep, model_name="m", min_training_examples=20)   # below the 30 waited for
         # a cooldown of an hour: the evidence-gated drift triggers are spaced by post-change labels instead
         client.setup_continuous_training(dep, drift_threshold=0.5, cooldown_seconds=3600)
         client.setup_training_window(dep, "since_change", labels=2000, min_post_change_labels=30)
