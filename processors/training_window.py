@@ -159,8 +159,10 @@ class LabelWindow:
                                            f"(from labeled example #{first})")
 
     def on_promotion(self) -> None:
-        """A new champion: its error stream starts afresh; the change point stays."""
+        """A new champion: its error stream starts afresh, and so does the drift stage (its reference is
+        the first window after the promotion), so a pending drift reason ends; the change point stays."""
         self._adwin = river_drift.ADWIN(delta=self.adwin_delta)
+        self.drift_active, self.drift_evidence = False, None
 
     def signal(self, first_seq: int, signal: str, description: str, *, min_prediction_time: int | None = None
                ) -> ChangePoint | None:

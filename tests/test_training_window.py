@@ -66,8 +66,11 @@ def test_adwin_cut_on_the_error_stream_gives_the_change_point_and_a_since_change
         {q: min(k // 3 for k in range(first, first + 3) if k % 3 == q) for q in range(3)}
     assert evidence["training_window"] == "since_change" and evidence["post_change_labels"] == cp.post_change_labels
     assert parse_offsets(evidence["change_point_offsets"]) == {p["partition"]: p["start_offset"] for p in snap}
-    w.on_promotion()                                          # a new champion: the concept did not change
-    assert w.change is cp
+    w.on_drift(True, window_start=10**12, evidence={"drift_share": "1"})   # a drift signal: a later change
+    current = w.change
+    assert w.drift_evidence and current is not cp and current.signal == "drift"
+    w.on_promotion()                 # a new champion: the concept did not change; the drift stage restarts
+    assert w.change is current and w.drift_evidence is None and not w.drift_active
 
 
 def test_since_change_is_capped_to_the_latest_labels_and_falls_back_to_sliding():
