@@ -16,8 +16,10 @@ its place; a retrained champion promoted over it retires it (the fold rule: :mod
   :class:`FallbackPolicy` engages the fallback (``active`` true) when continuous deployment is on, at
   least ``fast_promotion_min_samples`` pairs are in (a floor of 10 when that is 0), the learner is better
   by >= ``promotion_threshold`` and the exact McNemar p-value is below ``significance_level``.
-* ``retire`` (a timer, owner only): emits ``active`` false when the setting is turned off or continuous
-  deployment is disabled while the fallback is active.
+* Retirement: ``active`` false when the setting is turned off or continuous deployment is disabled
+  while the fallback is active (a timer, owner only), or when the learner's prequential accuracy over
+  its last ``performance_window`` examples falls below the champion accuracy it was engaged on minus
+  ``rollback_margin``, significantly (the fallback's rollback watch, after each batch).
 * Every switch names the latest decision it saw (``expected_decision``): a duplicate decision by two
   owners during a rebalance is refused by every fold. A switch emitted is not repeated until the fold
   has read it back (applied or refused).
@@ -141,16 +143,39 @@ class FallbackPolicy:
                             f"p={e['mcnemar_pvalue']:.3g} < {alpha:g} on the last {e['n']} labeled predictions",
                       evidence)
 
-    def retire(self, config: dict, active: bool) -> Switch | None:
+    def retire(self, config: dict, active: bool, tracker: FallbackTracker | None = None,
+               engaged_evidence: dict | None = None) -> Switch | None:
         """Retire an active fallback whose setting was turned off or whose continuous deployment was
-        disabled. Else None (a promoted champion retires it by the fold rule, with no switch)."""
+        disabled, or (the fallback's rollback watch) whose prequential accuracy over its last full
+        window of examples fell below the champion accuracy it was engaged on (``engaged_evidence``
+        ``champion_accuracy``) minus ``rollback_margin``, with a one-sided binomial p <
+        significance_level. Else None (a promoted champion retires it by the fold rule, with no switch)."""
         if not active:
             return None
         if not config.get("online_fallback"):
             return Switch(False, "online_fallback turned off", {"online_fallback": ""})
         if not config.get("continuous_deployment_enabled"):
             return Switch(False, "continuous deployment disabled", {"continuous_deployment_enabled": "false"})
-        return None
+        raw = (engaged_evidence or {}).get("champion_accuracy")
+        if tracker is None or raw in (None, "") or len(tracker.learner_correct) < tracker.window:
+            return None
+        from scipy.stats import binomtest
+
+        baseline = float(raw)
+        margin = float(config.get("rollback_margin", 0.05))
+        alpha = float(config.get("significance_level", 0.05))
+        n = len(tracker.learner_correct)
+        hits = sum(tracker.learner_correct)
+        acc = hits / n
+        if acc >= baseline - margin:
+            return None
+        p = float(binomtest(hits, n, min(max(baseline, 1e-9), 1 - 1e-9), alternative="less").pvalue)
+        if p >= alpha:
+            return None
+        return Switch(False, f"online learner accuracy {acc:.4f} over its last {n} labeled examples is below the "
+                             f"champion's {baseline:.4f} it replaced minus margin {margin:g} (binomial p={p:.3g})",
+                      {"learner_accuracy": f"{acc:.6f}", "baseline_accuracy": f"{baseline:.6f}",
+                       "rollback_margin": f"{margin:g}", "window": str(n), "pvalue": f"{p:.6g}"})
 
 
 def switch_record(catalog, deployment: str, switch: Switch, *, learner: str, champion: str | None,
@@ -207,8 +232,9 @@ def read_partition_range(settings, topic: str, partition: int, start: int, end: 
 
 # --- the stage --------------------------------------------------------------------------------------
 def register(app, ctx) -> None:
-    from processors.follower import LogFollower
-    from trainers.registry import ModelRegistry
+    from streams.consumer import end_offsets
+    from streams.follower import TopicFollower
+    from trainers.registry import HeldUpdateRelease, ModelRegistry
 
     settings, topics, m = ctx.settings, ctx.topics, ctx.metrics
     examples_topic = f"{settings.topic_prefix}{EXAMPLES_KEY}"
@@ -249,8 +275,19 @@ def register(app, ctx) -> None:
                     pending.pop(dep, None)
                 m_active.labels(dep).set(1 if fold.active(dep) else 0)
 
-    follower = LogFollower(settings, [topics.deployments, topics.model_lifecycle, topics.model_updates],
-                           on_log_event, serde=ctx.serde, name="online-fallback-follower").start()
+    def release_check() -> None:
+        """In the follower thread: refuse held updates whose registration can no longer come (as the
+        promotion stage does), so one bad update does not hold the champion fold back."""
+        with lock:
+            release.check()
+
+    follower = TopicFollower(settings, [topics.deployments, topics.model_lifecycle, topics.model_updates],
+                             lambda e: on_log_event(e.event_type, e.value, e.topic), on_batch=release_check,
+                             serde=ctx.serde, name="online-fallback-follower", poll_timeout_s=0.1)
+    release = HeldUpdateRelease(registry, lambda: follower.positions.get((topics.model_lifecycle, 0), 0),
+                                lambda: end_offsets(settings, topics.model_lifecycle).get(0, 0))
+    follower.start()
+    follower.wait_caught_up(30.0)
 
     def learner_of(dep: str) -> str:
         with lock:
@@ -307,9 +344,16 @@ def register(app, ctx) -> None:
                 tracker = trackers[dep] = rebuild(dep, partition, offset, learner)
                 tracker_partition[dep] = partition
             champion = champion_of(dep)
+            before = tracker.examples
             for item in items:
                 tracker.add(item[0], item[1], item[2], item[3], item[4], champion)
             touched.add(dep)
+            if tracker.examples // 500 > before // 500:
+                e = tracker.evidence()
+                log.info("online fallback: %s: %d examples learned; champion %s %.3f vs learner %.3f on %d pairs "
+                         "(McNemar p=%.3g); learner's last %d: %.3f", dep, tracker.examples, champion,
+                         e["champion_accuracy"], e["learner_accuracy"], e["n"], e["mcnemar_pvalue"],
+                         len(tracker.learner_correct), tracker.learner_accuracy() or 0.0)
         return touched
 
     def publish(record: dict) -> None:
@@ -366,7 +410,11 @@ def register(app, ctx) -> None:
                 with lock:
                     config = dict(configs.get(dep) or {})
                     active = fold.active(dep)
-                switch = policy.engage(config, tracker, active)
+                    state = fold.state(dep)
+                if active:
+                    tracker.pairs.clear()   # a later engagement is judged on champion-served pairs after this one
+                switch = policy.engage(config, tracker, active) or \
+                    policy.retire(config, active, tracker, state.evidence if state is not None else None)
                 if switch is not None:
                     try:
                         await emit(dep, switch, config.get("online_fallback") or "")

@@ -119,9 +119,11 @@ class Deployment:
         self._metrics(metrics)
 
     def _metrics(self, metrics) -> None:
-        self._m_predictions = self._m_latency = self._m_dropped = self._m_swaps = None
+        self._m_predictions = self._m_latency = self._m_dropped = self._m_swaps = self._m_fallback = None
         if metrics is None:
             return
+        self._m_fallback = metrics.gauge("ctloop_serving_online_fallback_active",
+                                         "1 while the online fallback serves in place of the champion.", ("deployment",))
         self._m_predictions = metrics.counter("ctloop_serving_predictions_total", "Predictions served.",
                                               ("deployment", "role"))
         self._m_latency = metrics.histogram("ctloop_serving_predict_latency_seconds",
@@ -339,6 +341,8 @@ class Deployment:
             with self._changed:
                 self._online = serve
                 self._changed.notify_all()
+            if self._m_fallback is not None:
+                self._m_fallback.labels(self.deployment).set(1 if serve is not None else 0)
             log.info("serving %s: online fallback %s", self.deployment,
                      f"serves ({serve.version})" if serve is not None else "off")
 
