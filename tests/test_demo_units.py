@@ -404,13 +404,13 @@ def test_effectiveness_command_prints_the_comparison():
 
     from infra.cli import cli
 
-    result = CliRunner().invoke(cli, ["effectiveness", "--events", "3000", "--peers", "hat", "--json"])
+    result = CliRunner().invoke(cli, ["effectiveness", "--events", "1500", "--peers", "hat", "--json"])
     assert result.exit_code == 0, result.output
     doc = json.loads(result.output)
-    assert [w["name"] for w in doc["windows"]][:3] == ["whole stream", "after drift 1", "after drift 2"]
-    frozen = doc["accuracy"][NEVER]
-    assert frozen["events 0-1000"] > 0.85 and doc["by_kind"][NEVER]["after_drift"] < 0.7  # breaks at the drifts
-    assert doc["accuracy"][HAT]["events 2000-3000"] > frozen["events 2000-3000"]
+    assert [w["name"] for w in doc["windows"]] == ["whole stream", "after drift 1", "after drift 2", "events 0-1000",
+                                                   "events 1000-1500"]
+    assert doc["by_kind"][NEVER]["after_drift"] < 0.7  # the frozen model breaks at the drifts
+    assert doc["overall"][HAT] > doc["overall"][NEVER] and set(doc["overall"]) == {NEVER, HAT}
     bad = CliRunner().invoke(cli, ["effectiveness", "--label-delay", "9:3"])
     assert bad.exit_code != 0 and "MIN <= MAX" in bad.output
     bad = CliRunner().invoke(cli, ["demo", "--scenario", "nope"])
