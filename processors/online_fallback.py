@@ -257,6 +257,9 @@ def register(app, ctx) -> None:
     m_champ = m.gauge("ctloop_online_fallback_champion_accuracy",
                       "Accuracy of the champion over the same window of champion-served labeled examples.",
                       ("deployment",))
+    m_examples = m.counter("ctloop_online_fallback_examples_total",
+                           "Labeled examples the online learner folded (prequential), rebuilds not counted.",
+                           ("deployment",))
     m_switches = m.counter("ctloop_online_fallback_switches_total", "OnlineFallbackSwitched events published.",
                            ("deployment", "active"))
 
@@ -348,6 +351,7 @@ def register(app, ctx) -> None:
             for item in items:
                 tracker.add(item[0], item[1], item[2], item[3], item[4], champion)
             touched.add(dep)
+            m_examples.labels(dep).inc(tracker.examples - before)
             if tracker.examples // 500 > before // 500:
                 e = tracker.evidence()
                 log.info("online fallback: %s: %d examples learned; champion %s %.3f vs learner %.3f on %d pairs "

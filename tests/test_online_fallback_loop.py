@@ -170,3 +170,30 @@ def test_while_the_fallback_serves_the_shadow_is_judged_against_it_not_the_repla
     updates = [(e.event_type, e.value) for e in read_to_end(settings, topics.model_updates)
                if e.value["deployment"] == dep]
     assert not fold_events(updates).active(dep)               # the promotion retired the fallback
+
+
+def _examples_folded(port: int, dep: str) -> float:
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    for line in text.splitlines():
+        if line.startswith(f'ctloop_online_fallback_examples_total{{deployment="{dep}"}}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_a_new_owner_rebuilds_the_learner_and_its_window_from_the_recent_log(settings, topics):
+    """25 champion-wrong pairs (under the 30 needed) on one worker, 5 more on the next: only a tracker
+    rebuilt from the earlier records has the 30 pairs that engage the fallback."""
+    dep = "fb3"
+    setup(settings, dep)
+    with running_processors(settings, stages=["processors.online_fallback"], timeout_s=60) as first:
+        produce_examples(settings, topics, dep, 25, seed=7)
+        wait_for(lambda: _examples_folded(first.ready["metrics_port"], dep) >= 25, 40, "25 examples folded")
+    assert not switches(settings, topics, dep)
+    with running_processors(settings, stages=["processors.online_fallback"], timeout_s=60) as second:
+        produce_examples(settings, topics, dep, 5, seed=8)
+        engaged = wait_for(lambda: switches(settings, topics, dep), 40, "OnlineFallbackSwitched", interval_s=0.2)
+        log_text = open(second.log_path).read()
+    assert int(engaged[0].value["evidence"]["window"]) == 30
+    assert "tracker rebuilt from 25 examples" in log_text
