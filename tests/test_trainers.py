@@ -289,6 +289,40 @@ def test_base_dataset_is_added_and_named_in_lineage(settings, topics, tmp_path):
     assert "historical_accuracy" in mv.metrics
 
 
+def test_since_change_trigger_compiles_exactly_its_window_without_the_base_dataset(settings, topics, tmp_path):
+    """Issue 12: a since_change trigger's snapshot offsets are the window; the trainer reads exactly them,
+    leaves the base dataset (an earlier concept) out, records window and change point in the lineage, and
+    the gate judges the candidate on the window: a candidate of the new concept is registered although
+    the champion (concept A) is perfect on the pre-change rows."""
+    import pandas as pd
+
+    dep = "windowed"
+    client = DeploymentSettingsClient(settings)
+    client.setup_feedback_loop(dep, min_training_examples=50)
+    features, labels = zip(*blobs(300, seed=11))
+    register_initial_model(settings, dep, list(features), list(labels))
+    frame = pd.DataFrame([{**f, "label": l} for f, l in blobs(200, seed=12)])
+    frame.to_parquet(tmp_path / "base.parquet")
+    client.attach_dataset_version(dep, str(tmp_path / "base.parquet"))
+    log = ExampleLog(settings, topics)
+    before = log.add([labeled(dep, f, l) for f, l in blobs(120, seed=13)])        # concept A
+    rename = {"a": "b", "b": "c", "c": "a"}                                      # concept B: classes permuted
+    after = log.add([labeled(dep, f, rename[l]) for f, l in blobs(240, seed=14)])
+    window = [{"partition": b["partition"], "start_offset": b["end_offset"], "end_offset": a["end_offset"]}
+              for b, a in zip(before, after)]
+    trigger = make_trigger(topics, dep, window)
+    trigger["evidence"] = {"training_window": "since_change", "change_point": "ADWIN cut after 120 labels",
+                           "post_change_labels": "240", "window_labels": "240"}
+    outcome = TrainingPipeline(settings).run(trigger)
+    assert outcome.status == "registered", outcome
+    mv = ModelRegistry.load(settings).get(dep, outcome.version)
+    assert mv.lineage["partitions"] == window and mv.lineage["row_count"] == 240
+    assert mv.lineage["base_dataset"] is None
+    assert mv.lineage["training_window"] == "since_change"
+    assert mv.lineage["change_point"] == "ADWIN cut after 120 labels"
+    assert "historical_accuracy" not in mv.metrics and mv.metrics["accuracy"] > 0.9
+
+
 def test_two_trainers_in_one_group_train_each_trigger_once(settings, topics):
     # two deployments whose triggers land on partitions 0 and 3 (librdkafka's default partitioner is
     # crc32 of the key): whatever the assignor (range or round robin), each trainer owns one of them

@@ -226,3 +226,115 @@ def test_factory_errors_are_clear():
         build_model("nocolon", model_config(["x"], ["a", "b"]))
     with pytest.raises(ValueError, match="cannot import"):
         build_model("no_such_module:f", model_config(["x"], ["a", "b"]))
+
+
+# -- the gate after a change point (issue 12) -------------------------------------------------------
+def _agrawal(function: int, n: int, seed: int, start: int = 0) -> list[dict]:
+    """``n`` labeled examples of river's Agrawal generator with ``classification_function`` ``function``."""
+    from river.datasets import synth
+
+    rows = synth.Agrawal(classification_function=function, seed=seed).take(n)
+    return [{"prediction_id": f"p{start + i:06d}", "label": str(int(y)),
+             "features": {str(k): float(v) for k, v in x.items()}, "prediction_time": 1_000_000 + start + i}
+            for i, (x, y) in enumerate(rows)]
+
+
+def _gate_run(dataset, champion: Predictor, *, label_noise: float = 0.0):
+    """Train on the dataset's training split, gate against ``champion`` on its holdout (as the pipeline does)."""
+    from trainers.evaluation import GateRows
+
+    hold = dataset.holdout_mask()
+    train, holdout = dataset.subset(~hold), dataset.subset(hold)
+    result = train_classifier(train, label_noise=label_noise, seed=7)
+    candidate = Predictor(result.module, result.feature_names, result.classes)
+    return evaluate_gate(GatePolicy(min_metrics={"accuracy": 0.7, "macro_f1": 0.6}), holdout.y,
+                         candidate.predict_labels(holdout.x),
+                         champion.predict_labels(champion.align(holdout.x, holdout.feature_names)),
+                         historical=holdout.historical, current=holdout.current,
+                         rows=GateRows.of(dataset.scope)), candidate
+
+
+def test_a_candidate_of_the_new_concept_passes_the_gate_after_a_change_point():
+    """Issue 12, cause 2: Agrawal switches classification_function 0 -> 2 at offset 1200 of one
+    partition. The champion learned function 0 on offsets 0-1200. A since_change trigger's window is
+    offsets 1200-1700 (post-change only): its candidate passes (today's forgetting check, which judged it on
+    the pre-change rows, rejected it), and a candidate trained with label noise 0.7 is still rejected,
+    each reason naming the rows that decided it."""
+    from trainers.dataset import TrainingWindow
+
+    old, new = _agrawal(0, 1200, seed=1), _agrawal(2, 500, seed=2, start=1200)
+    champion_ds = build_dataset(old, positions={e["prediction_id"]: (0, i) for i, e in enumerate(old)},
+                                partitions=[{"partition": 0, "start_offset": 0, "end_offset": 1200}])
+    champ = train_classifier(champion_ds.subset(~champion_ds.holdout_mask()), seed=3)
+    champion = Predictor(champ.module, champ.feature_names, champ.classes)
+    champion_lineage_ends = {0: 1200}
+
+    window = TrainingWindow("since_change", "ADWIN cut on the error stream at offset 0:1200", 500)
+    snapshot = [{"partition": 0, "start_offset": 1200, "end_offset": 1700}]
+    positions = {e["prediction_id"]: (0, 1200 + i) for i, e in enumerate(new)}
+    ds = build_dataset(new, positions=positions, partitions=snapshot, seen_until=champion_lineage_ends,
+                       seen_from={0: 0}, window=window)
+    assert not ds.historical.any() and ds.current.all()      # the champion never held a post-change row
+    assert ds.lineage["training_window"] == "since_change" and ds.lineage["partitions"] == snapshot
+    assert ds.lineage["change_point"] == "ADWIN cut on the error stream at offset 0:1200"
+    decision, candidate = _gate_run(ds, champion)
+    assert decision.passed, decision.reasons
+    assert "forgetting" not in decision.checks
+    assert decision.candidate_metrics["recent_accuracy"] > 0.85 > decision.champion_metrics["recent_accuracy"]
+
+    # the same candidate judged the old way (pre-change rows as history): forgetting rejects it
+    every = old + new
+    all_ds = build_dataset(every, positions={e["prediction_id"]: (0, i) for i, e in enumerate(every)},
+                           partitions=[{"partition": 0, "start_offset": 0, "end_offset": 1700}],
+                           seen_until=champion_lineage_ends)
+    hold = all_ds.holdout_mask()
+    holdout = all_ds.subset(hold)
+    old_way = evaluate_gate(POLICY, holdout.y, candidate.predict_labels(candidate.align(holdout.x, holdout.feature_names)),
+                            champion.predict_labels(champion.align(holdout.x, holdout.feature_names)),
+                            historical=holdout.historical)
+    assert [r.split(":")[0] for r in old_way.reasons] == ["forgetting"], old_way.reasons
+
+    noisy, _ = _gate_run(ds, champion, label_noise=0.7)
+    assert not noisy.passed
+    text = " | ".join(noisy.reasons)
+    assert "recent_accuracy" in text and "min_accuracy" in text, text
+    assert "since_change window rows, after the change point (ADWIN cut on the error stream at offset 0:1200), " \
+           "offsets 0:1200-1700" in text, text
+    assert "the since_change window's holdout" in text
+
+
+def test_forgetting_after_a_change_applies_to_window_rows_the_champion_held():
+    """A champion trained on the post-change offsets 1200-1500 and a since_change trigger of 1200-1700:
+    the forgetting check runs on the holdout rows of 1200-1500 (valid under the current concept), "better"
+    on the whole window; the base dataset is not part of a windowed dataset's history."""
+    import pandas as pd
+
+    from trainers.dataset import TrainingWindow
+
+    new = _agrawal(2, 500, seed=2, start=1200)
+    positions = {e["prediction_id"]: (0, 1200 + i) for i, e in enumerate(new)}
+    ds = build_dataset(new, positions=positions, partitions=[{"partition": 0, "start_offset": 1200, "end_offset": 1700}],
+                       seen_until={0: 1500}, seen_from={0: 1200}, window=TrainingWindow("since_change", "a cut"))
+    held = {e["prediction_id"] for e in new[:300]}
+    assert set(ds.ids[ds.historical]) == held and ds.current.all()
+    assert "offsets 0:1200-1500" in ds.scope["historical"]
+    # an explicit "all" window (and a trigger naming none) keeps the base dataset as history
+    frame = pd.DataFrame([dict(e["features"], label=e["label"]) for e in _agrawal(0, 50, seed=5)])
+    everything = build_dataset(new, positions=positions, base_frame=frame, base_uri="base.csv",
+                               seen_until={0: 1500}, window=TrainingWindow("all"))
+    assert everything.historical.sum() == 300 + 50 and everything.current is None
+    assert everything.lineage["training_window"] == "all" and everything.lineage["change_point"] is None
+
+
+def test_trigger_window_parsing_names_the_field():
+    from trainers.dataset import TrainingWindow
+
+    assert TrainingWindow.of_trigger({"evidence": {}}) is None          # written before windows existed
+    w = TrainingWindow.of_trigger({"evidence": {"training_window": "since_change", "change_point": "ADWIN cut",
+                                                "post_change_labels": "240"}})
+    assert w == TrainingWindow("since_change", "ADWIN cut", 240) and w.windowed
+    assert not TrainingWindow.of_trigger({"evidence": {"training_window": "all"}}).windowed
+    with pytest.raises(DatasetError, match="training_window"):
+        TrainingWindow.of_trigger({"evidence": {"training_window": "last_week"}})
+    with pytest.raises(DatasetError, match="post_change_labels"):
+        TrainingWindow.of_trigger({"evidence": {"training_window": "sliding", "post_change_labels": "many"}})

@@ -6,11 +6,23 @@ by assigning partitions (no consumer group). Of several examples of one predicti
 highest offset wins (corrections replace labels; prediction ids are keys, so all examples of one
 prediction are in one partition).
 
-Which rows are *historical* (for the gate's forgetting check) and which *recent* comes from the log, never
-from a client's clock: base-dataset rows and stream examples at offsets below the champion's own snapshot
-end offsets (the examples the champion was trained on or held out from) are historical; examples that
-arrived in the log after the champion's snapshot are recent. A single row with a wrong event_time (e.g.
-written in microseconds) therefore changes nothing.
+**Training window.** The trigger's snapshot offsets ARE the window (the triggers stage chooses them
+from the deployment's ``training_window``); its evidence names it: ``training_window`` (all, sliding,
+since_change), and for since_change ``change_point`` (words) and ``post_change_labels``. The base
+dataset is added only for ``all`` (and for triggers written before windows existed, whose evidence has
+no ``training_window``): rows of an earlier concept must not poison a model of the current one. The
+window (name, exact offsets, change point) is recorded in the lineage.
+
+Which rows the gate judges on comes from the log, never from a client's clock (a single row with a wrong
+event_time, e.g. written in microseconds, changes nothing):
+
+* window ``all``: *historical* rows (the forgetting check) are base-dataset rows and stream examples at
+  offsets below the champion's own snapshot end offsets (the examples the champion was trained on or
+  held out from); *current* rows ("better") are the examples that arrived after the champion's snapshot;
+* window ``sliding`` / ``since_change``: every row is of the current concept, so *current* is the whole
+  window; *historical* are the window's rows that the champion's snapshot also held (offsets inside the
+  champion's own [start, end) ranges): still valid under the current concept, so a candidate may not
+  forget them. Rows before the window (before the change point) and the base dataset never count.
 """
 from __future__ import annotations
 
@@ -49,8 +61,12 @@ class Dataset:
     y: np.ndarray              # str labels (object)
     feature_names: list[str]
     times: np.ndarray          # int64 prediction time in ms, the client's clock (0 for base-dataset rows); informational
-    historical: np.ndarray     # bool: base-dataset rows and examples in the log before the champion's snapshot end
+    historical: np.ndarray     # bool: rows the forgetting check uses (module doc: depends on the window)
     lineage: dict
+    current: np.ndarray | None = None
+    """bool: rows of the current concept, on which "better" is judged (None: the rows not historical)."""
+    scope: dict | None = None
+    """Words naming the row subsets for the gate's reasons: ``current``, ``historical`` (see :class:`GateRows`)."""
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -59,9 +75,15 @@ class Dataset:
     def classes(self) -> list[str]:
         return sorted(set(self.y.tolist()))
 
+    @property
+    def current_mask(self) -> np.ndarray:
+        """Rows "better" is judged on: :attr:`current`, or (not given) the rows not historical."""
+        return ~self.historical if self.current is None else self.current
+
     def subset(self, mask: np.ndarray) -> "Dataset":
         return Dataset(self.ids[mask], self.x[mask], self.y[mask], self.feature_names, self.times[mask],
-                       self.historical[mask], self.lineage)
+                       self.historical[mask], self.lineage,
+                       None if self.current is None else self.current[mask], self.scope)
 
     def holdout_mask(self, percent: int = HOLDOUT_PERCENT) -> np.ndarray:
         return split_mask(self.ids, percent)
@@ -100,9 +122,11 @@ def read_snapshot(settings, topic: str, partitions: Sequence[dict], deployment: 
     examples: dict[str, dict] = {}
     if not wanted:
         return examples
-    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": "ctloop-dataset",
-                         "enable.auto.commit": False, "enable.partition.eof": False,
-                         "fetch.max.bytes": 52428800, "max.partition.fetch.bytes": 10485760})
+    from streams.kafka_config import client_config
+
+    consumer = Consumer(client_config(settings, {"group.id": "ctloop-dataset",
+                                                 "enable.auto.commit": False, "enable.partition.eof": False,
+                                                 "fetch.max.bytes": 52428800, "max.partition.fetch.bytes": 10485760}))
     try:
         consumer.assign([TopicPartition(topic, p, start) for p, (start, _end) in wanted.items()])
         remaining = set(wanted)
@@ -159,20 +183,27 @@ def read_base_dataset(uri: str):
 # -- assembling ----------------------------------------------------------------------------------
 def build_dataset(examples: dict[str, dict] | Sequence[dict], *, base_frame=None, base_uri: str | None = None,
                   lineage_topic: str = "", partitions: Sequence[dict] = (), positions: dict | None = None,
-                  seen_until: dict[int, int] | None = None, min_examples: int = 1) -> Dataset:
+                  seen_until: dict[int, int] | None = None, min_examples: int = 1,
+                  window: "TrainingWindow | None" = None, seen_from: dict[int, int] | None = None) -> Dataset:
     """Assemble and check a dataset. Raises DatasetError (too_few_examples, nan_values, single_class,
     invalid_dataset).
 
     ``positions``: prediction_id -> (partition, offset) of the stream examples (from :func:`read_snapshot`);
-    ``seen_until``: partition -> end offset of the champion's snapshot of the same topic. A stream example
-    at an offset below it is historical, every other stream example recent (no positions or no champion
-    snapshot: all recent); base-dataset rows are historical."""
+    ``seen_until``: partition -> end offset of the champion's snapshot of the same topic (``seen_from``:
+    its start offsets, default 0). ``window``: the trigger's training window (None: ``all``).
+
+    Window ``all``: a stream example at an offset below ``seen_until`` is historical, every other stream
+    example is current (no positions or no champion snapshot: all current); base-dataset rows are
+    historical. Window ``sliding`` / ``since_change``: every row is current; historical are the examples
+    inside the champion's own [seen_from, seen_until) range (the window's rows the champion already held)."""
     rows = list(examples.values()) if isinstance(examples, dict) else list(examples)
     ids = [r["prediction_id"] for r in rows]
     labels = [str(r["label"]) for r in rows]
     times = [int(r.get("prediction_time") or r.get("event_time") or 0) for r in rows]
     positions, seen_until = positions or {}, seen_until or {}
-    known = [_seen(positions.get(pid), seen_until) for pid in ids]
+    windowed = window is not None and window.windowed
+    starts = (seen_from or {}) if windowed else {}
+    known = [_seen(positions.get(pid), seen_until, starts) for pid in ids]
     names: set[str] = set()
     for r in rows:
         names.update(r["features"])
@@ -220,19 +251,57 @@ def build_dataset(examples: dict[str, dict] | Sequence[dict], *, base_frame=None
         all_labels = [l for l, k in zip(all_labels, keep) if k]
         all_times = [t for t, k in zip(all_times, keep) if k]
         all_known = [h for h, k in zip(all_known, keep) if k]
-    return dataset_from_arrays(ids_arr.astype(str), x, np.asarray(all_labels, dtype=object),
-                               np.asarray(all_times, dtype=np.int64), feature_names, lineage_topic=lineage_topic,
-                               partitions=partitions, base_uri=base_uri, historical=np.asarray(all_known, dtype=bool),
-                               min_examples=min_examples, has_base=bool(n_base))
+    dataset = dataset_from_arrays(ids_arr.astype(str), x, np.asarray(all_labels, dtype=object),
+                                  np.asarray(all_times, dtype=np.int64), feature_names, lineage_topic=lineage_topic,
+                                  partitions=partitions, base_uri=base_uri, historical=np.asarray(all_known, dtype=bool),
+                                  min_examples=min_examples, has_base=bool(n_base), window=window)
+    dataset.scope = _scope(window, partitions, seen_until, starts, bool(n_base))
+    return dataset
 
 
-def _seen(position: tuple[int, int] | None, seen_until: dict[int, int]) -> bool:
-    """Whether a stream example lies before the champion's snapshot end in its partition."""
+def _seen(position: tuple[int, int] | None, seen_until: dict[int, int], seen_from: dict[int, int] | None = None) -> bool:
+    """Whether a stream example lies inside the champion's snapshot range [seen_from (default 0), seen_until)
+    of its partition."""
     if position is None:
         return False
     partition, offset = position
     end = seen_until.get(int(partition))
-    return end is not None and offset < end
+    return end is not None and (seen_from or {}).get(int(partition), 0) <= offset < end
+
+
+def format_offsets(ranges: Sequence[dict]) -> str:
+    """``[{partition, start_offset, end_offset}]`` as ``0:120-400,1:98-377`` (empty ranges left out)."""
+    parts = [f"{int(p['partition'])}:{int(p.get('start_offset', 0))}-{int(p['end_offset'])}" for p in ranges
+             if int(p["end_offset"]) > int(p.get("start_offset", 0))]
+    return ",".join(parts) or "none"
+
+
+def _scope(window: "TrainingWindow | None", partitions: Sequence[dict], seen_until: dict[int, int],
+           seen_from: dict[int, int], has_base: bool) -> dict:
+    """Words naming the gate's row subsets (which rows decided a check), for its reasons."""
+    window_text = format_offsets(partitions)
+    champion = format_offsets([{"partition": p, "start_offset": seen_from.get(p, 0), "end_offset": e}
+                               for p, e in sorted(seen_until.items())]) if seen_until else "none known"
+    if window is not None and window.windowed:
+        where = f"offsets {window_text}"
+        if window.name == "since_change" and window.change_point:
+            where = f"after the change point ({window.change_point}), {where}"
+        current = f"{window.name} window rows, {where}"
+        held = []
+        for p in partitions:
+            part, start, end = int(p["partition"]), int(p.get("start_offset", 0)), int(p["end_offset"])
+            if part in seen_until:
+                lo, hi = max(start, seen_from.get(part, 0)), min(end, seen_until[part])
+                if hi > lo:
+                    held.append({"partition": part, "start_offset": lo, "end_offset": hi})
+        historical = (f"{window.name} window rows the champion's snapshot also held, offsets {format_offsets(held)}"
+                      " (rows before the window and the base dataset do not count)")
+        return {"current": current, "historical": historical, "holdout": f"the {window.name} window's holdout"}
+    ends = ",".join(f"{p}:{e}" for p, e in sorted(seen_until.items())) or "none known"
+    return {"current": f"recent rows: examples after the champion's snapshot (ends {ends}) of offsets {window_text}",
+            "historical": (("base-dataset rows and " if has_base else "")
+                           + f"examples below the champion's snapshot ends ({champion})"),
+            "holdout": "the holdout"}
 
 
 def champion_snapshot_ends(lineage: dict | None, topic: str) -> dict[int, int]:
@@ -244,10 +313,12 @@ def champion_snapshot_ends(lineage: dict | None, topic: str) -> dict[int, int]:
 
 def dataset_from_arrays(ids: np.ndarray, x: np.ndarray, y: np.ndarray, times: np.ndarray, feature_names: Sequence[str], *,
                         lineage_topic: str = "", partitions: Sequence[dict] = (), base_uri: str | None = None,
-                        historical: np.ndarray | None = None, min_examples: int = 1, has_base: bool = False) -> Dataset:
+                        historical: np.ndarray | None = None, min_examples: int = 1, has_base: bool = False,
+                        window: "TrainingWindow | None" = None) -> Dataset:
     """Sort by id, check, mark historical rows, split and hash: the vectorised part of compilation
     (also used directly by benchmarks). ``times`` 0 marks base-dataset rows; ``historical`` (aligned with
-    ``ids``; default: the base-dataset rows) marks the rows the gate's forgetting check uses."""
+    ``ids``; default: the base-dataset rows) marks the rows the gate's forgetting check uses. ``window``
+    (sliding / since_change): every row is current; the window goes into the lineage."""
     order = np.argsort(ids, kind="stable")
     ids_arr, x = ids[order], np.asarray(x, dtype=np.float64)[order]
     y = np.asarray([str(v) for v in y], dtype=object)[order]
@@ -278,7 +349,8 @@ def dataset_from_arrays(ids: np.ndarray, x: np.ndarray, y: np.ndarray, times: np
     if len(classes) < 2:
         raise DatasetError(f"all {n} examples have the label {classes[0]!r}: a classifier needs at least two classes",
                            "single_class")
-    historical = hist | (t == 0)
+    windowed = window is not None and window.windowed
+    historical = hist if windowed else hist | (t == 0)
     id_list = [str(i) for i in ids_arr.tolist()]
     holdout = split_mask(id_list)
     lineage = {
@@ -288,22 +360,75 @@ def dataset_from_arrays(ids: np.ndarray, x: np.ndarray, y: np.ndarray, times: np
         "row_count": int(n), "train_rows": int((~holdout).sum()), "holdout_rows": int(holdout.sum()),
         "content_hash": content_hash(np.asarray(id_list, dtype=object), x, y, feature_names),
         "base_dataset": base_uri,
+        "training_window": window.name if window is not None else None,
+        "change_point": window.change_point if window is not None else None,
     }
     if lineage["holdout_rows"] == 0 or lineage["train_rows"] == 0:
         raise DatasetError(f"{n} examples leave an empty train or holdout split; add more examples", "too_few_examples")
-    return Dataset(np.asarray(id_list, dtype=object), x, y, feature_names, t, historical, lineage)
+    current = np.ones(n, dtype=bool) if windowed else None
+    return Dataset(np.asarray(id_list, dtype=object), x, y, feature_names, t, historical, lineage, current)
+
+
+def champion_snapshot_starts(lineage: dict | None, topic: str) -> dict[int, int]:
+    """partition -> start offset of a champion's training snapshot of ``topic`` (empty: none known)."""
+    if not lineage or lineage.get("topic") != topic:
+        return {}
+    return {int(p["partition"]): int(p.get("start_offset") or 0) for p in lineage.get("partitions") or ()}
+
+
+WINDOWS = ("all", "sliding", "since_change")
+
+
+@dataclass(frozen=True)
+class TrainingWindow:
+    """The training window a trigger names in its evidence (the snapshot offsets are its exact rows).
+
+    ``name``: all, sliding or since_change; ``change_point``: the words of the detected change
+    (since_change), or None; ``post_change_labels``: labeled examples after it, as the trigger counted."""
+
+    name: str
+    change_point: str | None = None
+    post_change_labels: int | None = None
+
+    @property
+    def windowed(self) -> bool:
+        """True for sliding and since_change: only the window's rows are of the current concept."""
+        return self.name in ("sliding", "since_change")
+
+    @classmethod
+    def of_trigger(cls, trigger: dict) -> "TrainingWindow | None":
+        """The window of a TrainingTriggered record; None when its evidence names none (a trigger
+        written before training windows existed: compiled as ``all``). Raises DatasetError
+        (invalid_dataset) naming the field for an unknown window name or a non-integer count."""
+        evidence = trigger.get("evidence") or {}
+        name = evidence.get("training_window")
+        if not name:
+            return None
+        if name not in WINDOWS:
+            raise DatasetError(f"trigger evidence training_window must be one of {WINDOWS}, got {name!r}",
+                               "invalid_dataset")
+        raw = evidence.get("post_change_labels")
+        try:
+            post = int(raw) if raw not in (None, "") else None
+        except ValueError:
+            raise DatasetError(f"trigger evidence post_change_labels must be an integer, got {raw!r}",
+                               "invalid_dataset") from None
+        return cls(name, evidence.get("change_point") or None, post)
 
 
 def compile_dataset(settings, trigger: dict, deployment_settings: dict, *, serde: Serde | None = None,
                     timeout_s: float = 120.0, champion_lineage: dict | None = None) -> Dataset:
-    """The training set of a TrainingTriggered event; ``champion_lineage`` (the champion's training
-    lineage) separates recent from historical examples by log offsets."""
+    """The training set of a TrainingTriggered event: exactly its snapshot offsets (the window), plus the
+    deployment's base dataset for window ``all`` only. ``champion_lineage`` (the champion's training
+    lineage) separates current from historical rows by log offsets (module doc). Raises DatasetError."""
+    window = TrainingWindow.of_trigger(trigger)
     positions: dict = {}
     examples = read_snapshot(settings, trigger["snapshot_topic"], trigger["snapshot"], trigger["deployment"],
                              serde=serde, timeout_s=timeout_s, positions=positions)
-    base_uri = deployment_settings.get("dataset_version")
+    base_uri = deployment_settings.get("dataset_version") if window is None or not window.windowed else None
     frame = read_base_dataset(base_uri) if base_uri else None
     return build_dataset(examples, base_frame=frame, base_uri=base_uri, lineage_topic=trigger["snapshot_topic"],
                          partitions=trigger["snapshot"], positions=positions,
                          seen_until=champion_snapshot_ends(champion_lineage, trigger["snapshot_topic"]),
-                         min_examples=int(deployment_settings.get("min_training_examples") or 0))
+                         seen_from=champion_snapshot_starts(champion_lineage, trigger["snapshot_topic"]),
+                         min_examples=int(deployment_settings.get("min_training_examples") or 0), window=window)

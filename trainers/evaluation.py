@@ -5,18 +5,26 @@ passes when every check holds; otherwise every failed check is listed in words.
 
 Checks:
 * **minimum metrics**: candidate holdout metrics at or above configured floors;
-* **recent holdout**: on the recent part of the holdout, accuracy and macro F1 no worse than the champion
-  by more than ``holdout_tolerance``. Under concept drift the recent data is what the model will see, so
-  this is the main "better" criterion;
-* **segments**: per class F1 on the recent holdout, no class worse than the champion by more than
+* **recent holdout** (``recent_accuracy``, ``recent_macro_f1``): on the *current* holdout rows, accuracy
+  and macro F1 no worse than the champion by more than ``holdout_tolerance``. Under concept drift the
+  current data is what the model will see, so this is the main "better" criterion. Which rows are
+  current depends on the trigger's training window (trainers/dataset.py): for ``sliding`` /
+  ``since_change`` the whole window (after a change point: the post-change rows); for ``all`` the rows
+  that reached the log after the champion's snapshot;
+* **segments**: per class F1 on the current holdout, no class worse than the champion by more than
   ``segment_tolerance``. F1 rather than recall: a champion that a drift has made predict one class for
   almost everything has a high recall on that class, and a recall check would then refuse every
   candidate that recovers the other classes;
-* **forgetting**: on historical holdout rows (base dataset and examples the champion's snapshot already
-  held: log offsets, see trainers/dataset.py)
-  accuracy no worse than the champion by more than ``forgetting_tolerance``: old concepts may fade
-  a little under drift, but not collapse;
-* **regression set** (when attached): accuracy no worse than the champion by more than ``holdout_tolerance``.
+* **forgetting**: on *historical* holdout rows accuracy no worse than the champion by more than
+  ``forgetting_tolerance``. Historical means data still valid under the current concept: for a windowed
+  trigger the window's rows the champion's snapshot also held (rows before a change point and the base
+  dataset never count against a candidate that learned the new rule); for ``all`` the base dataset and
+  the examples below the champion's snapshot end;
+* **regression set** (when attached): accuracy no worse than the champion by more than ``holdout_tolerance``
+  (a curated set applies whatever the window).
+
+Every reason names the rows that decided it: how many, which subset, and its offsets / change point
+(:class:`GateRows`).
 """
 from __future__ import annotations
 
@@ -107,6 +115,24 @@ class GatePolicy:
                    settings.gate_segment_tolerance, settings.gate_forgetting_tolerance)
 
 
+@dataclass(frozen=True)
+class GateRows:
+    """Words naming the row subsets the checks run on, quoted in every reason: ``current`` (the "better"
+    checks), ``historical`` (forgetting), ``holdout`` (the floors). trainers.dataset fills them from the
+    trigger's window (offset ranges, change point)."""
+
+    current: str = "recent holdout rows"
+    historical: str = "historical examples"
+    holdout: str = "the holdout"
+
+    @classmethod
+    def of(cls, scope: dict | None) -> "GateRows":
+        """From a Dataset's ``scope`` dict (None: the generic words)."""
+        scope = scope or {}
+        return cls(scope.get("current", cls.current), scope.get("historical", cls.historical),
+                   scope.get("holdout", cls.holdout))
+
+
 @dataclass
 class GateDecision:
     passed: bool
@@ -122,13 +148,18 @@ def _f(x: float) -> str:
 
 def evaluate_gate(policy: GatePolicy, y_true: Sequence[str], candidate_pred: Sequence[str],
                   champion_pred: Sequence[str] | None = None, *, historical: Sequence[bool] | None = None,
-                  regression: tuple[Sequence[str], Sequence[str], Sequence[str] | None] | None = None) -> GateDecision:
-    """Decide on a candidate. ``y_true``/``*_pred``: labels of the holdout rows; ``historical``: which
-    holdout rows are historical; ``regression``: (true, candidate, champion) labels of a regression set."""
+                  regression: tuple[Sequence[str], Sequence[str], Sequence[str] | None] | None = None,
+                  current: Sequence[bool] | None = None, rows: GateRows | None = None) -> GateDecision:
+    """Decide on a candidate. ``y_true``/``*_pred``: labels of the holdout rows (length n);
+    ``historical``: bool[n], the rows of the forgetting check; ``current``: bool[n], the rows "better" is
+    judged on (None: the rows not historical; all rows when none or no such row);
+    ``regression``: (true, candidate, champion) labels of a regression set; ``rows``: words naming the
+    subsets in the reasons. Metrics are fractions in [0, 1]."""
     y_true = np.asarray(y_true, dtype=object)
     cand = np.asarray(candidate_pred, dtype=object)
     champ = None if champion_pred is None else np.asarray(champion_pred, dtype=object)
     hist = np.zeros(len(y_true), dtype=bool) if historical is None else np.asarray(historical, dtype=bool)
+    rows = rows or GateRows()
     reasons: list[str] = []
     checks: list[str] = []
 
@@ -138,9 +169,12 @@ def evaluate_gate(policy: GatePolicy, y_true: Sequence[str], candidate_pred: Seq
     for name, floor in policy.min_metrics.items():
         checks.append(f"min_{name}")
         if not cm[name] >= floor:
-            reasons.append(f"min_{name}: candidate {name} {_f(cm[name])} on the holdout is below the minimum {_f(floor)}")
+            reasons.append(f"min_{name}: candidate {name} {_f(cm[name])} on {rows.holdout} ({len(y_true)} rows) is "
+                           f"below the minimum {_f(floor)}")
 
-    recent = ~hist if (~hist).any() else np.ones(len(y_true), dtype=bool)
+    recent = ~hist if current is None else np.asarray(current, dtype=bool)
+    if not recent.any():
+        recent = np.ones(len(y_true), dtype=bool)
     cm["recent_accuracy"] = accuracy(y_true[recent], cand[recent])
     cm["recent_macro_f1"] = macro_f1(y_true[recent], cand[recent])
     if hist.sum() >= policy.min_historical_rows:
@@ -153,8 +187,9 @@ def evaluate_gate(policy: GatePolicy, y_true: Sequence[str], candidate_pred: Seq
             checks.append(f"recent_{name}")
             c, h = cm[f"recent_{name}"], chm[f"recent_{name}"]
             if c < h - policy.holdout_tolerance:
-                reasons.append(f"recent_{name}: candidate {_f(c)} is worse than the champion's {_f(h)} on the recent "
-                               f"holdout ({int(recent.sum())} rows; tolerance {_f(policy.holdout_tolerance)})")
+                reasons.append(f"recent_{name}: candidate {_f(c)} is worse than the champion's {_f(h)} on "
+                               f"{int(recent.sum())} holdout rows ({rows.current}; tolerance "
+                               f"{_f(policy.holdout_tolerance)})")
         cand_seg, champ_seg = per_class_f1(y_true[recent], cand[recent]), per_class_f1(y_true[recent], champ[recent])
         for cls, (c, support) in cand_seg.items():
             if support < policy.min_segment_support:
@@ -163,14 +198,16 @@ def evaluate_gate(policy: GatePolicy, y_true: Sequence[str], candidate_pred: Seq
             h = champ_seg[cls][0]
             if c < h - policy.segment_tolerance:
                 reasons.append(f"segment[{cls}]: candidate F1 {_f(c)} is worse than the champion's {_f(h)} on class "
-                               f"{cls!r} ({support} rows; tolerance {_f(policy.segment_tolerance)})")
+                               f"{cls!r} ({support} holdout rows of it among {rows.current}; tolerance "
+                               f"{_f(policy.segment_tolerance)})")
         if hist.sum() >= policy.min_historical_rows:
             checks.append("forgetting")
             chm["historical_accuracy"] = accuracy(y_true[hist], champ[hist])
             c, h = cm["historical_accuracy"], chm["historical_accuracy"]
             if c < h - policy.forgetting_tolerance:
-                reasons.append(f"forgetting: candidate accuracy {_f(c)} on historical examples is worse than the "
-                               f"champion's {_f(h)} ({int(hist.sum())} rows; tolerance {_f(policy.forgetting_tolerance)})")
+                reasons.append(f"forgetting: candidate accuracy {_f(c)} is worse than the champion's {_f(h)} on "
+                               f"{int(hist.sum())} historical holdout rows ({rows.historical}; tolerance "
+                               f"{_f(policy.forgetting_tolerance)})")
 
     if regression is not None:
         r_true, r_cand, r_champ = (np.asarray(a, dtype=object) if a is not None else None for a in regression)

@@ -27,7 +27,7 @@ from streams.serde import Serde, new_event
 from streams.topics import Topics
 from trainers.artifacts import ArtifactStore, TamperedArtifactError
 from trainers.dataset import DatasetError, compile_dataset, read_base_dataset
-from trainers.evaluation import GatePolicy, evaluate_gate
+from trainers.evaluation import GatePolicy, GateRows, evaluate_gate
 from trainers.models import DEFAULT_FACTORY, Predictor, load_predictor, resolve_factory
 from trainers.registry import ModelRegistry
 from trainers.training import resolve_device, train_classifier
@@ -193,7 +193,7 @@ class TrainingPipeline:
         champ_pred = champion.predict_labels(champion.align(holdout.x, holdout.feature_names)) if champion else None
         regression = self._regression_predictions(dep, candidate, champion)
         decision = evaluate_gate(self.policy, holdout.y, cand_pred, champ_pred, historical=holdout.historical,
-                                 regression=regression)
+                                 current=holdout.current, regression=regression, rows=GateRows.of(dataset.scope))
         metrics = dict(decision.candidate_metrics)
         metrics["compile_seconds"] = compile_seconds
         metrics["train_seconds"] = result.train_seconds

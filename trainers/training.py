@@ -73,6 +73,7 @@ def flip_labels(y: np.ndarray, classes: list[str], fraction: float, seed: int = 
 
 def train_classifier(train: Dataset, *, factory: str = DEFAULT_FACTORY, device: str = "cpu", max_epochs: int = 40,
                      patience: int = 4, lr: float = 3e-3, batch_size: int | None = None, seed: int = 0,
+                     min_steps: int = 100, min_batch: int = 32,
                      init_from: tuple[StandardizedClassifier, list[str], list[str]] | None = None,
                      label_noise: float = 0.0, factory_options: dict | None = None) -> TrainResult:
     """Train on ``train`` (the training split). ``init_from`` = (champion module, its features, its
@@ -114,11 +115,11 @@ def train_classifier(train: Dataset, *, factory: str = DEFAULT_FACTORY, device: 
     x_va, t_va = x_all[torch.as_tensor(val_mask)].to(device), t_all[torch.as_tensor(val_mask)].to(device)
     module = module.to(device)
     n = x_tr.shape[0]
-    bs = batch_size or int(min(8192, max(256, n // 16)))
+    bs = batch_size or int(min(8192, max(min_batch, n // 16)))
     optimizer = torch.optim.Adam(module.parameters(), lr=lr)
     loss_fn = nn.CrossEntropyLoss()
     generator = torch.Generator(device="cpu").manual_seed(seed)
-    best_loss, best_state, bad_epochs, epochs, seen = float("inf"), None, 0, 0, 0
+    best_loss, best_state, bad_epochs, epochs, seen, steps = float("inf"), None, 0, 0, 0, 0
     amp = torch.autocast(device_type="cuda", dtype=torch.bfloat16) if use_cuda else _null()
     started = time.perf_counter()
     for epoch in range(max_epochs):
@@ -131,6 +132,7 @@ def train_classifier(train: Dataset, *, factory: str = DEFAULT_FACTORY, device: 
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            steps += 1
         seen += n
         epochs = epoch + 1
         if x_va.shape[0]:
@@ -142,7 +144,7 @@ def train_classifier(train: Dataset, *, factory: str = DEFAULT_FACTORY, device: 
                 best_state = copy.deepcopy(module.state_dict())
             else:
                 bad_epochs += 1
-                if bad_epochs >= patience:
+                if bad_epochs >= patience and steps >= min_steps:
                     break
     if use_cuda:
         torch.cuda.synchronize()
