@@ -2,8 +2,9 @@
 learner learns from (streams/serving.py, the online fallback).
 
 ``LabeledExampleFeed(settings, deployment, on_example)`` starts, in a daemon thread, a group-less
-consumer of every labeled-examples partition at ``warm_records`` records before its end (a bounded
-warm start), then keeps following. ``on_example(value)`` is called, in that thread, with each
+consumer of every labeled-examples partition at ``ceil(warm_records / partitions)`` records before its
+end (a bounded warm start: about ``warm_records`` records in all, of every deployment), then keeps
+following. ``on_example(value)`` is called, in that thread, with each
 LabeledExample of the deployment whose role is not shadow (a shadow example repeats the features of
 its primary). Partitions are read side by side, so examples of different partitions may be seen in
 another order than the processors' fallback stage folds them (it folds them re-keyed by deployment).
@@ -17,13 +18,14 @@ from typing import Callable
 from confluent_kafka import Consumer, TopicPartition
 
 from streams.consumer import end_offsets
+from streams.kafka_config import client_config
 from streams.serde import DecodeError, Serde
 from streams.topics import Topics
 
 log = logging.getLogger(__name__)
 
 WARM_RECORDS = 5000
-"""Records per labeled-examples partition read back when a feed starts."""
+"""Records of labeled-examples (all partitions together) read back when a feed starts."""
 
 
 class LabeledExampleFeed:
@@ -61,14 +63,15 @@ class LabeledExampleFeed:
         except Exception:  # noqa: BLE001 - follow from the beginning rather than not at all
             log.exception("labeled feed %s: end offsets unknown; reading from the beginning", self.deployment)
             ends = {}
-        consumer = Consumer({"bootstrap.servers": self.settings.bootstrap_servers, "group.id": "ctloop-reader",
-                             "enable.auto.commit": False, "auto.offset.reset": "earliest",
-                             "log.connection.close": False, "fetch.wait.max.ms": 50})
+        consumer = Consumer(client_config(self.settings, {"group.id": "ctloop-reader", "enable.auto.commit": False,
+                                                          "auto.offset.reset": "earliest", "log.connection.close": False,
+                                                          "fetch.wait.max.ms": 50}))
         try:
             if not ends:
                 md = consumer.list_topics(self.topic, timeout=15)
                 ends = {p: 0 for p in (md.topics[self.topic].partitions if self.topic in md.topics else {})}
-            consumer.assign([TopicPartition(self.topic, p, max(0, end - self.warm_records)) for p, end in ends.items()])
+            per_partition = -(-self.warm_records // max(1, len(ends)))
+            consumer.assign([TopicPartition(self.topic, p, max(0, end - per_partition)) for p, end in ends.items()])
             reached = {p for p, end in ends.items() if end <= 0}
             while not self._stop.is_set():
                 for msg in consumer.consume(500, 0.1):

@@ -197,3 +197,25 @@ def test_a_new_owner_rebuilds_the_learner_and_its_window_from_the_recent_log(set
         log_text = open(second.log_path).read()
     assert int(engaged[0].value["evidence"]["window"]) == 30
     assert "tracker rebuilt from 25 examples" in log_text
+
+
+def test_the_serving_feed_warm_starts_from_a_bounded_tail_then_follows(settings, topics):
+    from streams.labeled_feed import LabeledExampleFeed
+
+    dep = "feed"
+    produce_examples(settings, topics, dep, 40, seed=9)
+    with EventProducer(settings) as producer:     # another deployment's and a shadow example: not delivered
+        other = labeled("other", 0.5, 0.5)
+        shadow = {**labeled(dep, 0.5, 0.5), "role": "shadow"}
+        for value in (other, shadow):
+            producer.produce(topics.labeled_examples, ev.LABELED_EXAMPLE, value, key=value["prediction_id"])
+    seen = []
+    feed = LabeledExampleFeed(settings, dep, seen.append, warm_records=8).start()   # 2 records per partition
+    try:
+        wait_for(lambda: feed.caught_up.is_set(), 20, "the warm start")
+        warm = len(seen)
+        assert warm <= 8 and all(v["deployment"] == dep and v["role"] == "primary" for v in seen)
+        produce_examples(settings, topics, dep, 5, seed=10)
+        wait_for(lambda: len(seen) == warm + 5, 20, "5 examples followed")
+    finally:
+        feed.stop()
