@@ -327,38 +327,91 @@ class Decision:
 
 class PromotionPolicy:
     """Promote a shadow that beats the primary by ``promotion_threshold`` on ``promotion_metric`` with a
-    McNemar p-value below ``significance_level`` / K, once ``promotion_min_samples`` labeled pairs are in
-    (K = ceil(max_samples_factor): a Bonferroni correction for looking again as samples accumulate).
+    McNemar p-value below the per-look level, once ``promotion_min_samples`` labeled pairs are in.
     Reject it when it is worse by the threshold with significance, or when it is still not better after
-    ``max_samples_factor`` x min_samples labeled pairs. Otherwise wait (so noise is never promoted)."""
+    ``max_samples_factor`` x min_samples labeled pairs. Otherwise wait (so noise is never promoted).
 
-    def __init__(self, max_samples_factor: float = 3.0):
+    **Fast path** (``fast_promotion_min_samples`` F > 0 in the deployment settings, default 30). Before
+    min_samples, the policy takes *early looks* at F, 2F, 4F, ... labeled pairs (the first comparison
+    at or past each point; at most L = the number of those points below min_samples, counted per shadow
+    assignment). An early look promotes only when the shadow beats the primary by the threshold with a
+    McNemar p-value below ``alpha_early / L`` **and the champion has collapsed**: its accuracy on those
+    pairs is at least ``rollback_margin`` below its *registered holdout accuracy* (the ``accuracy`` of its
+    ModelRegistered metrics, passed as ``champion_accuracy``) and a one-sided binomial test against that
+    accuracy gives p < significance_level. An early look rejects a shadow worse by the threshold with
+    McNemar p < ``alpha_early / L`` (whether or not the champion collapsed: a bad candidate, e.g. one
+    trained on noisy labels, is refused after the same few pairs). Decisions say "fast path".
+
+    Error control (Bonferroni over every look): ``alpha_early = significance_level x early_alpha_fraction``
+    (default 1/10) is split evenly over the L early looks; the regular looks (at 1x .. cap x min_samples,
+    K = ceil(max_samples_factor) of them) share the rest, ``(significance_level - alpha_early) / K`` each
+    (``significance_level / K`` when the fast path is off). So the chance of promoting (or rejecting) on
+    noise stays below significance_level over all looks together. A restarted worker starts counting
+    early looks again (at most L more per restart).
+
+    A fast-path promotion is guarded by the rollback watch (:class:`RollbackWatch`), whose baseline is the
+    collapsed champion's accuracy on the same pairs and which judges the new champion already after 2F,
+    4F, ... labeled predictions (not only after a full window)."""
+
+    def __init__(self, max_samples_factor: float = 3.0, early_alpha_fraction: float = 0.1):
+        if not 0.0 < early_alpha_fraction < 1.0:
+            raise ValueError(f"early_alpha_fraction must be in (0, 1), got {early_alpha_fraction!r}")
         self.max_samples_factor = max_samples_factor
+        self.early_alpha_fraction = early_alpha_fraction
+        self._early_looks: dict[tuple, int] = {}   # assignment -> early looks taken
 
-    def decide(self, config: dict, comparison: dict) -> Decision | None:
+    def cap(self, min_samples: int) -> int:
+        return int(math.ceil(self.max_samples_factor * max(1, int(min_samples))))
+
+    @staticmethod
+    def fast_min_samples(config: dict) -> int:
+        """The deployment's ``fast_promotion_min_samples`` (absent: the default 30; 0: fast path off)."""
+        value = config.get("fast_promotion_min_samples", 30)
+        return max(0, int(value or 0))
+
+    @staticmethod
+    def early_look_points(fast_min: int, min_samples: int) -> list[int]:
+        """Labeled-pair counts of the early looks: fast_min, 2 fast_min, 4 fast_min, ... below min_samples."""
+        points, n = [], int(fast_min)
+        while 0 < n < min_samples:
+            points.append(n)
+            n *= 2
+        return points
+
+    def levels(self, config: dict) -> dict[str, float]:
+        """{"alpha": significance_level, "early": alpha per early look (0: no fast path), "regular": alpha per
+        regular look, "early_looks": L} for ``config``."""
+        alpha = float(config.get("significance_level", 0.05))
+        min_samples = max(1, int(config.get("promotion_min_samples", 1000)))
+        fast_min = self.fast_min_samples(config)
+        looks = max(1, math.ceil(self.max_samples_factor))
+        points = self.early_look_points(fast_min, min_samples) if fast_min > 0 else []
+        if not points:
+            return {"alpha": alpha, "early": 0.0, "regular": alpha / looks, "early_looks": 0}
+        early_total = alpha * self.early_alpha_fraction
+        return {"alpha": alpha, "early": early_total / len(points), "regular": (alpha - early_total) / looks,
+                "early_looks": len(points)}
+
+    def decide(self, config: dict, comparison: dict, champion_accuracy: float | None = None, *,
+               record: bool = True) -> Decision | None:
+        """promote / reject / None (wait) on ``comparison`` (a ShadowComparison's fields) under ``config``
+        (the deployment settings). ``champion_accuracy``: the champion's registered holdout accuracy in
+        [0, 1] (None: unknown, no fast-path promotion). ``record``: count an early look (False: only ask,
+        e.g. ``ctloop status``)."""
         if not config.get("continuous_deployment_enabled"):
             return None
         min_samples = max(1, int(config.get("promotion_min_samples", 1000)))
         n = int(comparison["labeled_samples"])
         if n < min_samples:
-            return None
+            return self._early(config, comparison, champion_accuracy, record)
         metric = config.get("promotion_metric", "accuracy")
         threshold = float(config.get("promotion_threshold", 0.05))
-        alpha = float(config.get("significance_level", 0.05))
-        looks = max(1, math.ceil(self.max_samples_factor))
-        alpha_look = alpha / looks  # Bonferroni over the looks at 1x..cap x min_samples: noise is not promoted
-        primary = float(comparison["primary_metrics"].get(metric, 0.0))
-        shadow = float(comparison["shadow_metrics"].get(metric, 0.0))
-        diff = shadow - primary
-        pvalue = comparison.get("mcnemar_pvalue")
-        pvalue = 1.0 if pvalue is None else float(pvalue)
-        evidence = {"metric": metric, "primary": f"{primary:.6f}", "shadow": f"{shadow:.6f}",
-                    "difference": f"{diff:.6f}", "threshold": f"{threshold:g}", "mcnemar_pvalue": f"{pvalue:.6g}",
-                    "significance_level": f"{alpha:g}", "alpha_per_look": f"{alpha_look:.4g}",
-                    "labeled_samples": str(n),
-                    "min_samples": str(min_samples),
-                    "primary_accuracy": f"{float(comparison['primary_metrics'].get('accuracy', 0.0)):.6f}",
-                    "shadow_accuracy": f"{float(comparison['shadow_metrics'].get('accuracy', 0.0)):.6f}"}
+        levels = self.levels(config)
+        alpha, alpha_look = levels["alpha"], levels["regular"]
+        primary, shadow, diff, pvalue = self._figures(comparison, metric)
+        evidence = self._evidence(comparison, metric, threshold, alpha, primary, shadow, diff, pvalue, min_samples)
+        evidence["alpha_per_look"] = f"{alpha_look:.4g}"
+        evidence["path"] = "regular"
         if diff >= threshold and pvalue < alpha_look:
             return Decision("promote", f"shadow {metric} {shadow:.4f} beats primary {primary:.4f} by {diff:+.4f} "
                                        f"(>= {threshold:g}), McNemar p={pvalue:.3g} < {alpha_look:.3g} on {n} labeled pairs",
@@ -372,25 +425,91 @@ class PromotionPolicy:
                                       f"(cap {cap}): {metric} difference {diff:+.4f}, McNemar p={pvalue:.3g}", evidence)
         return None
 
+    @staticmethod
+    def _figures(comparison: dict, metric: str) -> tuple[float, float, float, float]:
+        primary = float(comparison["primary_metrics"].get(metric, 0.0))
+        shadow = float(comparison["shadow_metrics"].get(metric, 0.0))
+        pvalue = comparison.get("mcnemar_pvalue")
+        return primary, shadow, shadow - primary, 1.0 if pvalue is None else float(pvalue)
 
-    def cap(self, min_samples: int) -> int:
-        return int(math.ceil(self.max_samples_factor * max(1, int(min_samples))))
+    @staticmethod
+    def _evidence(comparison, metric, threshold, alpha, primary, shadow, diff, pvalue, min_samples) -> dict[str, str]:
+        return {"metric": metric, "primary": f"{primary:.6f}", "shadow": f"{shadow:.6f}",
+                "difference": f"{diff:.6f}", "threshold": f"{threshold:g}", "mcnemar_pvalue": f"{pvalue:.6g}",
+                "significance_level": f"{alpha:g}", "labeled_samples": str(int(comparison["labeled_samples"])),
+                "min_samples": str(min_samples),
+                "primary_accuracy": f"{float(comparison['primary_metrics'].get('accuracy', 0.0)):.6f}",
+                "shadow_accuracy": f"{float(comparison['shadow_metrics'].get('accuracy', 0.0)):.6f}"}
 
-    def waiting_reason(self, config: dict, comparison: dict) -> str | None:
+    def collapse(self, config: dict, comparison: dict, champion_accuracy: float | None) -> tuple[bool, float | None]:
+        """(collapsed, one-sided binomial p) of the champion (the comparison's primary): its accuracy on the
+        labeled pairs is at least ``rollback_margin`` below ``champion_accuracy`` (its registered holdout
+        accuracy) and significantly so (p < significance_level). (False, None) when the accuracy is unknown."""
+        if champion_accuracy is None or not 0.0 < float(champion_accuracy) <= 1.0:
+            return False, None
+        n = int(comparison["labeled_samples"])
+        acc = float(comparison["primary_metrics"].get("accuracy", 0.0))
+        reference = min(max(float(champion_accuracy), 1e-9), 1 - 1e-9)
+        p = float(binomtest(round(acc * n), n, reference, alternative="less").pvalue) if n else 1.0
+        margin = float(config.get("rollback_margin", 0.05))
+        return acc <= champion_accuracy - margin and p < float(config.get("significance_level", 0.05)), p
+
+    def _early(self, config: dict, comparison: dict, champion_accuracy: float | None, record: bool) -> Decision | None:
+        """An early look (fast path) on fewer than min_samples labeled pairs, or None (wait)."""
+        levels = self.levels(config)
+        if not levels["early_looks"]:
+            return None
+        min_samples = max(1, int(config.get("promotion_min_samples", 1000)))
+        points = self.early_look_points(self.fast_min_samples(config), min_samples)
+        n = int(comparison["labeled_samples"])
+        key = (comparison["deployment"], comparison["shadow_version"], comparison.get("shadow_revision"))
+        taken = self._early_looks.get(key, 0)
+        if taken >= len(points) or n < points[taken]:
+            return None                       # no early look due (or all taken): wait
+        if record:                            # this comparison is look number `taken`; skip points already passed
+            self._early_looks[key] = sum(1 for point in points if point <= n)
+        metric = config.get("promotion_metric", "accuracy")
+        threshold = float(config.get("promotion_threshold", 0.05))
+        alpha_look = levels["early"]
+        primary, shadow, diff, pvalue = self._figures(comparison, metric)
+        collapsed, collapse_p = self.collapse(config, comparison, champion_accuracy)
+        evidence = self._evidence(comparison, metric, threshold, levels["alpha"], primary, shadow, diff, pvalue,
+                                  min_samples)
+        evidence.update({"path": "fast", "alpha_per_look": f"{alpha_look:.4g}", "early_look": str(taken + 1),
+                         "early_looks": str(len(points)),
+                         "fast_promotion_min_samples": str(points[0]),
+                         "champion_registered_accuracy": "" if champion_accuracy is None else f"{champion_accuracy:.6f}",
+                         "champion_collapse_pvalue": "" if collapse_p is None else f"{collapse_p:.6g}"})
+        if diff >= threshold and pvalue < alpha_look and collapsed:
+            return Decision("promote", f"fast path: the champion has collapsed ({metric} {primary:.4f} on {n} labeled "
+                                       f"pairs against its registered holdout accuracy {champion_accuracy:.4f}, "
+                                       f"binomial p={collapse_p:.3g}); shadow {shadow:.4f} beats it by {diff:+.4f} "
+                                       f"(>= {threshold:g}), McNemar p={pvalue:.3g} < {alpha_look:.3g} (early look "
+                                       f"{taken + 1} of {len(points)}) before the {min_samples} labeled pairs of the "
+                                       f"regular path", evidence)
+        if diff <= -threshold and pvalue < alpha_look:
+            return Decision("reject", f"fast path: shadow {metric} {shadow:.4f} is worse than primary {primary:.4f} by "
+                                      f"{-diff:.4f} (McNemar p={pvalue:.3g} < {alpha_look:.3g}, early look {taken + 1} "
+                                      f"of {len(points)}) on {n} labeled pairs", evidence)
+        return None
+
+    def waiting_reason(self, config: dict, comparison: dict, champion_accuracy: float | None = None) -> str | None:
         """Why :meth:`decide` waits on ``comparison`` (None: it decides, or continuous deployment is off)."""
-        if not config.get("continuous_deployment_enabled") or self.decide(config, comparison) is not None:
+        if not config.get("continuous_deployment_enabled") or \
+                self.decide(config, comparison, champion_accuracy, record=False) is not None:
             return None
         min_samples = max(1, int(config.get("promotion_min_samples", 1000)))
         n = int(comparison["labeled_samples"])
         if n < min_samples:
-            return f"too few labeled pairs: {n} of {min_samples}"
+            levels = self.levels(config)
+            fast = (f"; fast path: early looks at {self.early_look_points(self.fast_min_samples(config), min_samples)} "
+                    f"labeled pairs promote only a significantly better shadow (McNemar p < {levels['early']:.3g}) "
+                    f"of a collapsed champion" if levels["early_looks"] else "")
+            return f"too few labeled pairs: {n} of {min_samples}{fast}"
         metric = config.get("promotion_metric", "accuracy")
         threshold = float(config.get("promotion_threshold", 0.05))
-        alpha_look = float(config.get("significance_level", 0.05)) / max(1, math.ceil(self.max_samples_factor))
-        diff = (float(comparison["shadow_metrics"].get(metric, 0.0))
-                - float(comparison["primary_metrics"].get(metric, 0.0)))
-        pvalue = comparison.get("mcnemar_pvalue")
-        pvalue = 1.0 if pvalue is None else float(pvalue)
+        alpha_look = self.levels(config)["regular"]
+        _primary, _shadow, diff, pvalue = self._figures(comparison, metric)
         return (f"no significant difference yet on {n} labeled pairs: {metric} difference {diff:+.4f} "
                 f"(promote at >= {threshold:g}, reject at <= {-threshold:g}), McNemar p={pvalue:.3g} "
                 f"(needs < {alpha_look:.3g}); rejected at {self.cap(min_samples)} labeled pairs if not better by then")
@@ -407,6 +526,9 @@ class _Watch:
     baseline: float
     decided: bool = False
     checked_windows: int = 0
+    early_sizes: tuple[int, ...] = ()
+    """Counts of labeled predictions (below ``window``) at which a fast-path promotion is judged early."""
+    checked_early: int = 0
 
 
 class RollbackWatch:
@@ -419,7 +541,14 @@ class RollbackWatch:
     No clock is compared: outcome times are the apps' clocks, the promotion time the policy's, so
     "before" and "after" the promotion come from arrival order (an outcome is counted once, in the order
     the single-partition outcomes topic delivers it) and from the role (a version serves role primary
-    only while champion). The baseline is the previous champion's last ``window`` primary outcomes."""
+    only while champion). The baseline is the previous champion's last ``window`` primary outcomes.
+
+    A **fast-path** promotion (evidence ``path`` = fast, see :class:`PromotionPolicy`) replaced a champion
+    that had collapsed: its baseline is the collapsed champion's accuracy on the promotion's labeled pairs
+    (evidence ``primary_accuracy``; its older live outcomes predate the collapse), and it is judged early,
+    after 2F, 4F, ... labeled predictions below ``window`` (F = evidence ``fast_promotion_min_samples``),
+    then at each window as usual: a fast-promoted model worse than the one it replaced is served for at
+    most 2F labeled predictions once the evidence is significant, and never past the watch."""
 
     def __init__(self, window: int = 200, watch_windows: int = 5):
         self.window = max(1, int(window))
@@ -455,14 +584,28 @@ class RollbackWatch:
         self.watches.pop(deployment, None)
         if not previous_version or previous_version == version:
             return None
+        evidence = evidence or {}
         baseline, n = self.live_accuracy(deployment, previous_version)
-        if n < min_baseline_samples:
-            raw = (evidence or {}).get("primary_accuracy")
+        fast = evidence.get("path") == "fast" and evidence.get("primary_accuracy") not in (None, "")
+        if n < min_baseline_samples or fast:
+            raw = evidence.get("primary_accuracy")
             baseline = float(raw) if raw not in (None, "") else (baseline if n else None)
         if baseline is None:
             return None
+        early: tuple[int, ...] = ()
+        if fast:
+            try:
+                size = 2 * int(evidence.get("fast_promotion_min_samples") or 0)
+            except ValueError:
+                size = 0
+            sizes = []
+            while 0 < size < self.window:
+                sizes.append(size)
+                size *= 2
+            early = tuple(sizes)
         since = self._counts.get((deployment, version), 0)
-        watch = self.watches[deployment] = _Watch(deployment, version, previous_version, since, baseline)
+        watch = self.watches[deployment] = _Watch(deployment, version, previous_version, since, baseline,
+                                                  early_sizes=early)
         return watch
 
     def on_rolled_back(self, deployment: str) -> None:
@@ -476,13 +619,19 @@ class RollbackWatch:
         new = self._counts.get(key, 0) - watch.since_index
         since = list(self._outcomes.get(key, ()))[-new:] if new > 0 else []
         windows = len(since) // self.window
-        if windows <= watch.checked_windows:
-            return None  # judged once per complete window
-        watch.checked_windows = windows
-        if windows > self.watch_windows:
-            self.watches.pop(deployment, None)  # watched long enough: confirmed
-            return None
-        last = since[-self.window:]
+        due_early = [size for size in watch.early_sizes[watch.checked_early:] if len(since) >= size]
+        if windows <= watch.checked_windows and not due_early:
+            return None  # judged once per complete window (and once per early size of a fast-path promotion)
+        if due_early and windows == 0:
+            watch.checked_early += len(due_early)
+            last = since
+        else:
+            watch.checked_early = len(watch.early_sizes)
+            watch.checked_windows = windows
+            if windows > self.watch_windows:
+                self.watches.pop(deployment, None)  # watched long enough: confirmed
+                return None
+            last = since[-self.window:]
         acc, n = sum(last) / len(last), len(last)
         margin = float(config.get("rollback_margin", 0.05))
         alpha = float(config.get("significance_level", 0.05))

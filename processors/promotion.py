@@ -15,9 +15,14 @@
   counts per assignment).
 * A worker that died between publishing a decision and clearing the shadow clears it on restart (the
   recheck timer clears every decided assignment still set).
+* **Fast path**: with ``fast_promotion_min_samples`` labeled pairs in (before ``promotion_min_samples``),
+  a shadow significantly better than a champion that has *collapsed* (significantly below its registered
+  holdout accuracy, the ``accuracy`` of its ModelRegistered metrics) is promoted at once, and a
+  significantly worse shadow rejected; the policy's docstring says how the error rate stays controlled.
 * ``primary`` outcomes of the shadow-comparison join (internal topic) give live accuracy per version;
   after a promotion, :class:`RollbackWatch` compares the new champion with the previous one and
-  publishes ModelRolledBack (expecting the new champion) when it falls below by rollback_margin (significantly).
+  publishes ModelRolledBack (expecting the new champion) when it falls below by rollback_margin (significantly);
+  a fast-path promotion is judged early (after 2x, 4x ... fast_promotion_min_samples labeled predictions).
 """
 from __future__ import annotations
 
@@ -231,7 +236,9 @@ def register(app, ctx) -> None:
                 fallback_serves = state.fallback.active(dep)
             if fallback_serves:
                 return  # the online fallback serves: the shadow is judged against it, not the champion it replaced
-        decision = policy.decide(config, comparison)
+        # the fast path needs the champion's registered holdout accuracy (has it collapsed since?)
+        champion_accuracy = (champion_mv.metrics or {}).get("accuracy") if champion_mv is not None else None
+        decision = policy.decide(config, comparison, champion_accuracy)
         if decision is None:
             return
         if served_primary is not None:

@@ -279,3 +279,30 @@ def test_evidence_of_an_earlier_assignment_is_not_judged_again(loop):
     assert decisions == [(ev.MODEL_PROMOTED, "v2"), (ev.MODEL_ROLLED_BACK, "v1"), (ev.CANDIDATE_REJECTED, "v2")]
     rejected = events(settings, topics.model_updates, dep, {ev.CANDIDATE_REJECTED})[0].value
     assert rejected["shadow_revision"] == revision and "worse" in rejected["reasons"][0]
+
+
+def test_fast_path_promotes_over_a_collapsed_champion_before_min_samples(loop):
+    """Issue 12: the champion registered at 0.95 holdout accuracy serves at ~50 % after a drift; a shadow
+    right on every pair is promoted on its first early look (>= 30 labeled pairs), long before the 400 of
+    the regular path; the decision says "fast path"."""
+    from streams.producer import EventProducer
+
+    settings, topics, client, _ = loop
+    dep = "collapsed"
+    with EventProducer(settings) as producer:
+        for version, alias, accuracy in (("v1", "champion", 0.95), ("v2", "challenger", 0.97)):
+            producer.produce(topics.model_lifecycle, ev.MODEL_REGISTERED, new_event(
+                ev.MODEL_REGISTERED, deployment=dep, model_name="m", model_version=version, alias=alias,
+                metrics={"accuracy": accuracy}, artifact_uri=f"file:///nowhere/{version}.pt",
+                artifact_sha256="0" * 64), key=dep)
+            producer.flush()
+    client.setup_continuous_deployment(dep, promotion_threshold=0.05, min_samples=400, significance_level=0.05,
+                                       rollback_margin=0.05, fast_promotion_min_samples=30)
+    client.set_shadow_model(dep, "v2")
+    log_pairs(client, dep, [(i % 2 == 0, True) for i in range(40)])  # primary 50 %, shadow 100 %
+    promoted = wait_event(settings, topics.model_updates, dep, lambda e: e.event_type == ev.MODEL_PROMOTED,
+                          "ModelPromoted on the fast path")
+    v = promoted.value
+    assert v["reason"].startswith("fast path: the champion has collapsed"), v["reason"]
+    assert v["evidence"]["path"] == "fast" and 30 <= int(v["evidence"]["labeled_samples"]) < 400
+    assert v["evidence"]["champion_registered_accuracy"] == "0.950000"

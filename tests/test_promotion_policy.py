@@ -210,3 +210,87 @@ def test_rollback_watch_keeps_a_good_champion_and_stops_watching():
                            "time": 10 + i})
         assert watch.check("d", CD) is None
     assert "d" not in watch.watches  # confirmed after 2 windows
+
+
+# -- fast path (issue 12) ----------------------------------------------------------------------------
+FAST = dict(CD, promotion_min_samples=200, fast_promotion_min_samples=30, promotion_threshold=0.03,
+            rollback_margin=0.1)
+
+
+def fast_comparison(n, p_correct, s_correct, seed, sv="v2", revision=1):
+    agg = ComparisonAggregator(every=10 ** 9)
+    agg.assign("d", sv, revision)
+    feed(agg, n, p_correct, s_correct, random.Random(seed), sv=sv)
+    return agg.due(now_s=10 ** 6)[0]
+
+
+def test_fast_path_promotes_over_a_collapsed_champion_after_a_few_pairs():
+    """The issue's case: the champion (registered holdout accuracy 0.90) collapsed to ~0.43 after a
+    drift, the candidate is at ~0.93: promoted on 30 labeled pairs instead of 200, saying so."""
+    policy = PromotionPolicy()
+    assert policy.decide(FAST, fast_comparison(29, 0.43, 0.93, 1), 0.90) is None          # below the fast minimum
+    c = fast_comparison(30, 0.43, 0.93, 1)
+    assert c["primary_metrics"]["accuracy"] < 0.6 and c["shadow_metrics"]["accuracy"] > 0.85
+    d = PromotionPolicy().decide(FAST, c, 0.90)
+    assert d.action == "promote" and d.reason.startswith("fast path: the champion has collapsed"), d
+    assert d.evidence["path"] == "fast" and d.evidence["labeled_samples"] == "30"
+    assert float(d.evidence["mcnemar_pvalue"]) < float(d.evidence["alpha_per_look"]) < 0.05 / 10
+    assert float(d.evidence["champion_collapse_pvalue"]) < 0.05
+    # not collapsed (registered 0.50: 0.43 is within the margin), unknown, or the fast path off: wait
+    assert PromotionPolicy().decide(FAST, c, 0.50) is None
+    assert PromotionPolicy().decide(FAST, c, None) is None
+    assert PromotionPolicy().decide(dict(FAST, fast_promotion_min_samples=0), c, 0.90) is None
+
+
+def test_fast_path_rejects_the_noisy_candidate_after_the_same_few_pairs():
+    """The demo's noisy-label candidate (label noise 0.7 inverts it) is refused early, collapse or not."""
+    d = PromotionPolicy().decide(FAST, fast_comparison(30, 0.88, 0.15, 2), 0.90)
+    assert d.action == "reject" and d.reason.startswith("fast path: shadow accuracy") and d.evidence["path"] == "fast"
+
+
+def test_fast_path_takes_a_bounded_number_of_early_looks_and_never_promotes_noise():
+    policy = PromotionPolicy()
+    assert policy.early_look_points(30, 200) == [30, 60, 120]
+    levels = policy.levels(FAST)
+    looks = 3  # ceil(max_samples_factor)
+    assert levels["early_looks"] * levels["early"] + looks * levels["regular"] == pytest.approx(0.05)  # Bonferroni
+    assert policy.levels(dict(FAST, fast_promotion_min_samples=0))["regular"] == pytest.approx(0.05 / 3)
+    # one assignment: equal at 30 pairs (look 1), then a clear win at 45 is no look (wait), at 60 it is
+    assert policy.decide(FAST, fast_comparison(30, 0.45, 0.45, 3), 0.9) is None
+    assert policy.decide(FAST, fast_comparison(45, 0.40, 0.98, 4), 0.9) is None
+    assert policy.decide(FAST, fast_comparison(60, 0.40, 0.98, 4), 0.9).action == "promote"
+    # asking (ctloop status) takes no look
+    other = PromotionPolicy()
+    c = fast_comparison(30, 0.43, 0.93, 1, revision=7)
+    assert other.waiting_reason(FAST, c, 0.9) is None and other.decide(FAST, c, 0.9).action == "promote"
+    # equal models under a collapsed champion: never promoted early, over many seeds
+    for seed in range(40):
+        policy = PromotionPolicy()
+        for n in (30, 60, 120):
+            d = policy.decide(FAST, fast_comparison(n, 0.45, 0.45, seed), 0.9)
+            assert d is None or d.action == "reject", (seed, n, d)
+
+
+def test_rollback_watch_judges_a_fast_path_promotion_early_against_the_collapsed_level():
+    watch = RollbackWatch(window=200, watch_windows=5)
+    rng = random.Random(8)
+    for i in range(300):  # v1 served well for long, then collapsed: its live window still looks good
+        watch.add_outcome({"kind": "primary", "deployment": "d", "version": "v1",
+                           "correct": rng.random() < (0.9 if i < 240 else 0.45), "time": i})
+    evidence = {"path": "fast", "primary_accuracy": "0.45", "fast_promotion_min_samples": "30"}
+    w = watch.on_promoted("d", "v2", "v1", evidence=evidence)
+    assert w.baseline == pytest.approx(0.45) and w.early_sizes == (60, 120)
+    decisions = []
+    for i in range(200):  # a fast-promoted model worse than the collapsed one: rolled back at 60, not 200
+        watch.add_outcome({"kind": "primary", "deployment": "d", "version": "v2", "correct": rng.random() < 0.1,
+                           "time": 1000 + i})
+        decisions.append(watch.check("d", FAST))
+    made = [(i, d) for i, d in enumerate(decisions) if d is not None]
+    assert [(i, d.action) for i, d in made] == [(59, "rollback")]
+    # a good fast-promoted model (0.85) is kept although v1's live window (~0.8) would have been the baseline
+    watch.on_promoted("d", "v3", "v1", evidence=evidence)
+    for i in range(1200):   # 5 watched windows, then confirmed
+        watch.add_outcome({"kind": "primary", "deployment": "d", "version": "v3", "correct": rng.random() < 0.85,
+                           "time": 2000 + i})
+        assert watch.check("d", FAST) is None
+    assert "d" not in watch.watches
