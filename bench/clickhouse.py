@@ -39,9 +39,10 @@ def measure_sink(settings, events: int) -> tuple[float, float]:
 
     from processors.clickhouse_sink import ClickHouseSink
     from streams.sdk import CtloopClient
+    from streams.kafka_config import client_config
     from streams.topics import Topics, ensure_topics
 
-    ensure_topics(AdminClient({"bootstrap.servers": settings.bootstrap_servers}), Topics.from_settings(settings))
+    ensure_topics(AdminClient(client_config(settings)), Topics.from_settings(settings))
     with CtloopClient(settings) as client:
         for i in range(events):
             client.log_prediction("bench", {"a": float(i % 97), "b": 1.5, "c": float(i % 7)}, label=str(i % 3),

@@ -60,6 +60,7 @@ from infra.settings import Settings  # noqa: E402
 from infra.stack import kafka_stack  # noqa: E402
 from streams import catalog as ev  # noqa: E402
 from streams.consumer import end_offsets  # noqa: E402
+from streams.kafka_config import client_config  # noqa: E402
 from streams.sdk import CtloopClient  # noqa: E402
 from streams.topics import Topics, ensure_topics  # noqa: E402
 from tests.helpers.collect import Collector  # noqa: E402
@@ -135,7 +136,7 @@ def scenario_settings(base: Settings, name: str, work: Path, **overrides) -> Set
     data.mkdir(parents=True, exist_ok=True)
     s = base.replace(topic_prefix=f"faults{uuid.uuid4().hex[:6]}.", data_dir=str(data), stats_min_interval_s=0.1,
                      trainer_threads=1, metrics_port=0, **overrides)
-    ensure_topics(AdminClient({"bootstrap.servers": s.bootstrap_servers}), Topics.from_settings(s))
+    ensure_topics(AdminClient(client_config(s)), Topics.from_settings(s))
     return s
 
 
@@ -374,7 +375,7 @@ def trainer_kill(base: Settings, work: Path, triggers: int, bound_s: float) -> R
 
 # -- sink: predictions rows per source offset ----------------------------------------------------------
 def _committed(settings, group: str, topic: str, partitions: list[int]) -> int:
-    c = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": group, "enable.auto.commit": False})
+    c = Consumer(client_config(settings, {"group.id": group, "enable.auto.commit": False}))
     try:
         got = c.committed([TopicPartition(topic, p) for p in partitions], timeout=10)
         return sum(max(0, tp.offset) for tp in got)
@@ -472,7 +473,7 @@ def broker_restart(base: Settings, work: Path, n: int, bound_s: float) -> Result
             broker.stop()
             t_fault = _ms()
             broker = EmbeddedBroker(port=port).start()            # empty: in-memory storage
-            ensure_topics(AdminClient({"bootstrap.servers": s.bootstrap_servers}), topics)
+            ensure_topics(AdminClient(client_config(s)), topics)
             # a worker without its broker or topics exits (75) after processor_stall_timeout_s, for its
             # supervisor to restart it: the bound covers that wait too
             bound = Bound(bound_s + s.processor_stall_timeout_s)

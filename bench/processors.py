@@ -31,6 +31,7 @@ from confluent_kafka.admin import AdminClient  # noqa: E402
 from infra.settings import Settings  # noqa: E402
 from infra.stack import kafka_stack  # noqa: E402
 from streams import catalog as ev  # noqa: E402
+from streams.kafka_config import client_config  # noqa: E402
 from streams.producer import EventProducer  # noqa: E402
 from streams.sdk import CtloopClient  # noqa: E402
 from streams.serde import Serde, new_event  # noqa: E402
@@ -59,8 +60,8 @@ def baseline_loop(settings, total: int) -> float:
     """Hand-written loop: decode, join by prediction id, count per deployment. Returns events/s."""
     topics = Topics.from_settings(settings)
     serde = Serde.from_settings(settings)
-    c = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": f"bench-{uuid.uuid4().hex[:6]}",
-                  "enable.auto.commit": False, "fetch.wait.max.ms": 10})
+    c = Consumer(client_config(settings, {"group.id": f"bench-{uuid.uuid4().hex[:6]}",
+                                          "enable.auto.commit": False, "fetch.wait.max.ms": 10}))
     assign = []
     for t in (topics.predictions, topics.feedback):
         for p in c.list_topics(t, timeout=10).topics[t].partitions:
@@ -167,7 +168,7 @@ def measure(events: int, crossings: int, threshold: int, settings: Settings | No
         data_dir = Path(tempfile.mkdtemp(prefix="ctloop-bench-processors-"))
         settings = settings.replace(topic_prefix=f"bench{uuid.uuid4().hex[:6]}.", data_dir=str(data_dir),
                                     stats_min_interval_s=0.05)
-        ensure_topics(AdminClient({"bootstrap.servers": settings.bootstrap_servers}), Topics.from_settings(settings))
+        ensure_topics(AdminClient(client_config(settings)), Topics.from_settings(settings))
         total = 2 * events
         produce_stream(settings, events, "bench-throughput")
         baseline = baseline_loop(settings, total)

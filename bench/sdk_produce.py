@@ -130,13 +130,14 @@ def measure(n: int, rounds: int, settings=None) -> dict:
     from infra.stack import kafka_stack
     from streams import catalog as ev
     from streams.serde import Serde, new_event
+    from streams.kafka_config import client_config
     from streams.topics import Topics, ensure_topics
 
     base = (settings or Settings.from_env()).replace(topic_prefix=f"bench{uuid.uuid4().hex[:6]}.")
     with contextlib.ExitStack() as stack:
         s = stack.enter_context(kafka_stack(base))
         topics = Topics.from_settings(s)
-        ensure_topics(AdminClient({"bootstrap.servers": s.bootstrap_servers}), topics, ["predictions"])
+        ensure_topics(AdminClient(client_config(s)), topics, ["predictions"])
         serde = Serde.from_settings(s)
         sample = new_event(ev.PREDICTION_LOGGED, prediction_id=str(uuid.uuid4()), deployment="fraud-detector",
                            model_name="mlp", model_version="7", role="primary", features=FEATURES, label="legit",

@@ -74,6 +74,7 @@ def run(quick: bool = False) -> list[dict]:
     from streams.consumer import read_to_end
     from streams.sdk import CtloopClient
     from streams.serving import Deployment
+    from streams.kafka_config import client_config
     from streams.topics import Topics, ensure_topics
     from tests.helpers.processes import running_processors, wait_for
 
@@ -85,7 +86,7 @@ def run(quick: bool = False) -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="ctloop-bench-serving-") as tmp, \
             kafka_stack(Settings(data_dir=tmp)) as base:
         settings = base.replace(topic_prefix=f"bench{uuid.uuid4().hex[:8]}.", data_dir=tmp)
-        ensure_topics(AdminClient({"bootstrap.servers": settings.bootstrap_servers}), Topics.from_settings(settings))
+        ensure_topics(AdminClient(client_config(settings)), Topics.from_settings(settings))
         topics = Topics.from_settings(settings)
         dep = "bench"
         _register(settings, dep, "v1", "champion", 1)

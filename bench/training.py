@@ -113,12 +113,13 @@ def kafka_run(base_settings, n: int) -> dict:
     from streams.deployments import DeploymentSettingsClient
     from streams.producer import EventProducer
     from streams.serde import new_event
+    from streams.kafka_config import client_config
     from streams.topics import Topics, ensure_topics
     from trainers.worker import run_trainer
 
     settings = base_settings.replace(topic_prefix=f"bench{n}-{uuid.uuid4().hex[:6]}.")
     topics = Topics.from_settings(settings)
-    ensure_topics(AdminClient({"bootstrap.servers": settings.bootstrap_servers}), topics)
+    ensure_topics(AdminClient(client_config(settings)), topics)
     dep = f"bench-{n}"
     DeploymentSettingsClient(settings).setup_feedback_loop(dep, min_training_examples=50)
     x, y = make_data(n, seed=1)

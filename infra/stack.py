@@ -16,4 +16,4 @@ def kafka_stack(settings: Settings) -> Iterator[Settings]:
         yield settings
         return
     with EmbeddedBroker() as broker:
-        yield settings.replace(bootstrap_servers=broker.bootstrap_servers)
+        yield settings.for_embedded_broker(broker.bootstrap_servers)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from infra.settings import Settings
+from streams.kafka_config import client_config
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,7 @@ def run_app(settings: Settings, options: AppOptions | None = None, *, stop: Call
         raise ValueError("bootstrap_servers: the app needs a Kafka cluster (CTLOOP_BOOTSTRAP_SERVERS)")
     from confluent_kafka.admin import AdminClient
 
-    ensure_topics(AdminClient({"bootstrap.servers": settings.bootstrap_servers}), Topics.from_settings(settings))
+    ensure_topics(AdminClient(client_config(settings)), Topics.from_settings(settings))
     stream = DriftingStream(seed=options.seed)
     reviewers = Reviewers(fraction=options.review_fraction, seed=options.seed + 7)
     predictions = feedback = drifts = 0

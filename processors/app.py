@@ -15,6 +15,7 @@ import faust
 
 from infra.metrics import Metrics
 from infra.settings import Settings
+from streams.kafka_config import faust_broker_options
 from streams.producer import EventProducer
 from streams.serde import Serde
 from streams.topics import Topics
@@ -51,7 +52,7 @@ def build_app(settings: Settings, *, stages=STAGES, metrics: Metrics | None = No
     datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         f"{settings.topic_prefix}processors",
-        broker=[f"kafka://{hp}" for hp in settings.bootstrap_servers.split(",")],
+        **faust_broker_options(settings),   # broker URLs, client id, TLS/SASL credentials
         store="memory://",
         topic_partitions=settings.default_partitions,
         topic_replication_factor=settings.replication_factor,

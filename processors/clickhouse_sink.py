@@ -175,7 +175,9 @@ class ClickHouseSink:
         self._m_lag = m.gauge("ctloop_sink_lag_events", "Events not yet stored, per the last caught-up check")
         from confluent_kafka.admin import AdminClient
 
-        self._admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+        from streams.kafka_config import client_config
+
+        self._admin = AdminClient(client_config(settings))
         if create_topics:
             ensure_topics(self._admin, self.topics)
         # the sink dead-letters refused records only of the topics it owns (deployments, model-lifecycle,

@@ -178,7 +178,7 @@ def register_aggregation(app, ctx) -> None:
     @app.on_rebalance_complete.connect
     async def _complete_recovery(sender, **kwargs) -> None:  # noqa: ARG001 - faust signal signature
         await asyncio.get_running_loop().run_in_executor(
-            None, reload_assigned_changelogs, app, [table], settings.bootstrap_servers)
+            None, reload_assigned_changelogs, app, [table], settings)
 
     view = DeploymentView()
     counters = FeedbackCounters()

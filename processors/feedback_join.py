@@ -44,7 +44,7 @@ def register(app, ctx) -> None:
     @app.on_rebalance_complete.connect
     async def _complete_recovery(sender, **kwargs) -> None:  # noqa: ARG001 - faust signal signature
         n = await asyncio.get_running_loop().run_in_executor(
-            None, reload_assigned_changelogs, app, [state, counts], settings.bootstrap_servers)
+            None, reload_assigned_changelogs, app, [state, counts], settings)
         log.info("feedback join: state re-read from %d changelog records", n)
         # rows of partitions revoked from this worker stay in faust's memory store: forget them, so the
         # expiry sweep acts only for partitions this worker owns (processors/ownership.py)

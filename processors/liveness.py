@@ -21,7 +21,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
+
+if TYPE_CHECKING:  # pragma: no cover
+    from infra.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +50,16 @@ class BrokerCheck:
     ids, new for a recreated topic, e.g. auto-created on a restarted empty broker by a producer), else
     a :class:`Problem`: unreachable (not ``lost``), or topics missing / recreated (``lost``)."""
 
-    def __init__(self, bootstrap_servers: str, required_topics: Iterable[str], timeout_s: float = 3.0):
+    def __init__(self, settings: "Settings", required_topics: Iterable[str], timeout_s: float = 3.0):
         from confluent_kafka.admin import AdminClient
 
-        self.bootstrap_servers = bootstrap_servers
+        from streams.kafka_config import client_config
+
+        self.bootstrap_servers = settings.bootstrap_servers
         self.required = sorted(set(required_topics))
         self.timeout_s = timeout_s
-        self.admin = AdminClient({"bootstrap.servers": bootstrap_servers, "log.connection.close": False,
-                                  "socket.connection.setup.timeout.ms": max(1000, int(timeout_s * 1000))})
+        self.admin = AdminClient(client_config(settings, {
+            "log.connection.close": False, "socket.connection.setup.timeout.ms": max(1000, int(timeout_s * 1000))}))
         self.ids: dict[str, str] | None = None
 
     def _topic_ids(self) -> dict[str, str | None]:
@@ -122,9 +127,10 @@ def recovery_problem(recovery, now: float | None = None, quiet_s: float = RECOVE
         return None
 
 
-def broker_check(bootstrap_servers: str, required_topics: Iterable[str], timeout_s: float = 3.0) -> BrokerCheck:
-    """A :class:`BrokerCheck`, probed once now (when the broker answers) to record the topic ids."""
-    check = BrokerCheck(bootstrap_servers, required_topics, timeout_s)
+def broker_check(settings: "Settings", required_topics: Iterable[str], timeout_s: float = 3.0) -> BrokerCheck:
+    """A :class:`BrokerCheck` of the cluster of ``settings``, probed once now (when the broker answers) to
+    record the topic ids."""
+    check = BrokerCheck(settings, required_topics, timeout_s)
     check()
     return check
 

@@ -133,7 +133,7 @@ class BatchedTableWriter:
         return len(dirty)
 
 
-def reload_assigned_changelogs(app, tables, bootstrap_servers: str, timeout_s: float = 60.0) -> int:
+def reload_assigned_changelogs(app, tables, settings, timeout_s: float = 60.0) -> int:
     """Re-read the changelog partitions of ``tables`` assigned to this worker, from the beginning to
     their real end, and make the tables' data match. Returns the records read.
 
@@ -141,19 +141,22 @@ def reload_assigned_changelogs(app, tables, bootstrap_servers: str, timeout_s: f
     Tansu broker answers that with the base offset of the last record *batch* + 1, so the rest of the
     last batch (the newest state) would be missing after a restart. The end of a partition is taken
     from the fetch path here (partition-EOF events), which is right. Call it after faust's recovery and
-    before streams resume (``app.on_rebalance_complete``)."""
+    before streams resume (``app.on_rebalance_complete``). ``settings``: the cluster's client
+    configuration (:func:`streams.kafka_config.client_config`)."""
     import time
     import uuid
 
     from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
+    from streams.kafka_config import client_config
+
     by_topic = {t.changelog_topic.get_topic_name(): t for t in tables}
     assigned = [tp for tp in app.consumer.assignment() if tp.topic in by_topic]
     if not assigned:
         return 0
-    consumer = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": f"ctloop-restore-{uuid.uuid4().hex[:8]}",
-                         "enable.auto.commit": False, "enable.partition.eof": True, "fetch.wait.max.ms": 10,
-                         "log.connection.close": False})
+    consumer = Consumer(client_config(settings, {"group.id": f"ctloop-restore-{uuid.uuid4().hex[:8]}",
+                                                 "enable.auto.commit": False, "enable.partition.eof": True,
+                                                 "fetch.wait.max.ms": 10, "log.connection.close": False}))
     latest: dict[str, dict] = {name: {} for name in by_topic}
     waiting = {(tp.topic, tp.partition) for tp in assigned}
     n = 0

@@ -22,22 +22,28 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
+
+if TYPE_CHECKING:  # pragma: no cover
+    from infra.settings import Settings
 
 from streams.topics import create_topics
 
 log = logging.getLogger(__name__)
 
 
-def unreadable_partitions(bootstrap_servers: str, topics: Iterable[str], timeout_s: float = 10.0) -> dict[str, list[int]]:
+def unreadable_partitions(settings: Settings, topics: Iterable[str], timeout_s: float = 10.0) -> dict[str, list[int]]:
     """{topic: [partition, ...]} of ``topics`` whose end offset (ListOffsets latest) is beyond the high
     watermark a fetch at that offset reports. Topics that do not exist are skipped; a partition that
-    gives no fetch answer within ``timeout_s`` is not reported (logged)."""
+    gives no fetch answer within ``timeout_s`` is not reported (logged). ``settings``: the cluster's
+    client configuration (:func:`streams.kafka_config.client_config`)."""
     from confluent_kafka import Consumer, TopicPartition
 
-    consumer = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": f"ctloop-topic-check-{uuid.uuid4().hex[:8]}",
-                         "enable.auto.commit": False, "fetch.wait.max.ms": 10, "log.connection.close": False,
-                         "fetch.message.max.bytes": 1024})
+    from streams.kafka_config import client_config
+
+    consumer = Consumer(client_config(settings, {"group.id": f"ctloop-topic-check-{uuid.uuid4().hex[:8]}",
+                                                 "enable.auto.commit": False, "fetch.wait.max.ms": 10,
+                                                 "log.connection.close": False, "fetch.message.max.bytes": 1024}))
     try:
         md = consumer.list_topics(timeout=timeout_s)
         ends: dict[tuple[str, int], int] = {}
@@ -95,17 +101,20 @@ def own_topic_specs(settings, app) -> list:
     return specs
 
 
-def repair_own_topics(bootstrap_servers: str, specs, timeout_s: float = 30.0) -> list[str]:
+def repair_own_topics(settings: Settings, specs, timeout_s: float = 30.0) -> list[str]:
     """Create the topics of ``specs`` (NewTopic) that are missing, then delete and create again those
     with an unreadable partition (:func:`unreadable_partitions`). Returns the names made again.
-    RuntimeError when a topic is still unreadable after that."""
+    RuntimeError when a topic is still unreadable after that. ``settings``: the cluster's client
+    configuration (:func:`streams.kafka_config.client_config`)."""
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": bootstrap_servers, "log.connection.close": False})
+    from streams.kafka_config import client_config
+
+    admin = AdminClient(client_config(settings, {"log.connection.close": False}))
     by_name = {s.topic: s for s in specs}
     existing = set(admin.list_topics(timeout=timeout_s).topics)
     create_topics(admin, [s for n, s in by_name.items() if n not in existing], timeout_s)
-    broken = unreadable_partitions(bootstrap_servers, by_name, timeout_s=min(10.0, timeout_s))
+    broken = unreadable_partitions(settings, by_name, timeout_s=min(10.0, timeout_s))
     if not broken:
         return []
     log.warning("topics with records beyond their high watermark (a producer wrote them before the topic "
@@ -122,7 +131,7 @@ def repair_own_topics(bootstrap_servers: str, specs, timeout_s: float = 30.0) ->
             raise RuntimeError(f"topics {sorted(broken)} not deleted within {timeout_s}s")
         time.sleep(0.05)   # polling the deletion inside a deadline loop
     create_topics(admin, [by_name[n] for n in sorted(broken)], timeout_s)
-    still = unreadable_partitions(bootstrap_servers, broken, timeout_s=min(10.0, timeout_s))
+    still = unreadable_partitions(settings, broken, timeout_s=min(10.0, timeout_s))
     if still:
         raise RuntimeError(f"topics still unreadable after they were made again: {still}")
     return sorted(broken)
@@ -144,7 +153,7 @@ def main() -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         app, _ = build_app(settings, stages=stage_names(settings))
-        made = repair_own_topics(settings.bootstrap_servers, own_topic_specs(settings, app))
+        made = repair_own_topics(settings, own_topic_specs(settings, app))
     except Exception:  # noqa: BLE001 - reported to the supervisor, which raises it
         log.exception("topic repair failed")
         logging.shutdown()

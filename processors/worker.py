@@ -137,9 +137,10 @@ def run_worker(settings: Settings) -> None:
     from confluent_kafka.admin import AdminClient
 
     from processors.ownership import ensure_internal_topics
+    from streams.kafka_config import client_config
     from streams.topics import Topics, ensure_topics
 
-    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    admin = AdminClient(client_config(settings))
     ensure_topics(admin, Topics.from_settings(settings))
     ensure_internal_topics(admin, settings)   # before the group forms: the assignor co-partitions them
     worker, app, ctx = build_worker(settings)
@@ -187,7 +188,7 @@ def _repair_own_topics(settings: Settings, app=None) -> list[str]:
         if made:
             log.warning("processor supervisor %d: made again: %s", os.getpid(), ", ".join(made))
         return made
-    made = repair_own_topics(settings.bootstrap_servers, own_topic_specs(settings, app))
+    made = repair_own_topics(settings, own_topic_specs(settings, app))
     if made:
         log.warning("processor worker %d: made again: %s", os.getpid(), ", ".join(made))
     return made
@@ -208,7 +209,7 @@ def _watch_broker(settings: Settings, metrics: Metrics, app=None):
         logging.shutdown()
         os._exit(EXIT_BROKER_LOST)   # nothing to flush: the broker that would take it is gone
 
-    check = broker_check(settings.bootstrap_servers, required)
+    check = broker_check(settings, required)
 
     def probe():
         problem = check()
@@ -259,9 +260,10 @@ def run_workers(settings: Settings, poll_s: float = 0.2) -> int:
     from confluent_kafka.admin import AdminClient
 
     from processors.ownership import ensure_internal_topics
+    from streams.kafka_config import client_config
     from streams.topics import Topics, ensure_topics
 
-    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    admin = AdminClient(client_config(settings))
     ensure_topics(admin, Topics.from_settings(settings))
     ensure_internal_topics(admin, settings)
     _repair_own_topics(settings)              # once, before the children start (they would race)

@@ -15,6 +15,7 @@ from typing import Callable, Iterable
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from streams.dead_letters import RECORD_TOO_LARGE, Rejected, decode_checked, publish_dead_letter, replay_of_header
+from streams.kafka_config import client_config
 from streams.producer import EventProducer
 from streams.record_size import RecordTooLarge
 from streams.serde import DecodeError, Serde
@@ -213,9 +214,9 @@ def end_offsets(settings, topic: str, *, timeout_s: float = 15.0, consumer: Cons
 
 def end_offset_consumer(settings) -> Consumer:
     """A group-less consumer suited to :func:`end_offsets` / :func:`probe_end_offsets`."""
-    return Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": "ctloop-reader",
-                     "enable.auto.commit": False, "enable.partition.eof": True, "log.connection.close": False,
-                     "fetch.wait.max.ms": 10})
+    return Consumer(client_config(settings, {"group.id": "ctloop-reader", "enable.auto.commit": False,
+                                             "enable.partition.eof": True, "log.connection.close": False,
+                                             "fetch.wait.max.ms": 10}))
 
 
 def probe_end_offsets(consumer: Consumer, topic: str, partitions: list[int], timeout_s: float = 10.0) -> dict[int, int]:

@@ -54,6 +54,7 @@ from confluent_kafka import Producer
 from streams import catalog as ev
 from streams.consumer import read_messages_to_end
 from streams.dead_letters import REPLAY_OF_HEADER as REPLAY_HEADER
+from streams.kafka_config import client_config
 from streams.serde import DecodeError, Serde
 from streams.topics import Topics, create_topics
 
@@ -105,7 +106,7 @@ def ensure_ledger_topic(settings, timeout_s: float = 15.0) -> None:
     """Create the ledger topic (1 partition, compacted) if it is missing."""
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    admin = AdminClient(client_config(settings))
     name = ledger_topic(settings)
     if name in admin.list_topics(timeout=timeout_s).topics:
         return

@@ -15,6 +15,7 @@ from typing import Callable, Iterable
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
 from streams.consumer import Event
+from streams.kafka_config import client_config
 from streams.serde import DecodeError, Serde
 
 log = logging.getLogger(__name__)
@@ -73,11 +74,11 @@ class TopicFollower:
             consumer.incremental_assign(new)
 
     def _run(self) -> None:
-        consumer = Consumer({"bootstrap.servers": self.settings.bootstrap_servers,
-                             "group.id": f"ctloop-follower-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False,
-                             "enable.partition.eof": True, "topic.metadata.refresh.interval.ms": 2000,
-                             "fetch.wait.max.ms": 100,  # small, rarely written topics: see changes quickly
-                             "log.connection.close": False})
+        consumer = Consumer(client_config(self.settings, {
+            "group.id": f"ctloop-follower-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False,
+            "enable.partition.eof": True, "topic.metadata.refresh.interval.ms": 2000,
+            "fetch.wait.max.ms": 100,  # small, rarely written topics: see changes quickly
+            "log.connection.close": False}))
         assigned: dict = {}
         pending: set = set()  # partitions not yet read to the end they had at start
         try:

@@ -18,6 +18,7 @@ import pytest
 
 from infra.embedded import EmbeddedBroker, free_port
 from infra.metrics import Metrics
+from infra.settings import Settings
 from processors.liveness import EXIT_BROKER_LOST, BrokerWatch
 from processors.worker import child_settings
 from tests.helpers.processes import running_processors, wait_for
@@ -100,7 +101,7 @@ def test_broker_check_sees_missing_and_recreated_topics(settings, admin):
     name = f"{settings.topic_prefix}liveness-probe"
     for f in admin.create_topics([NewTopic(name, 1, 1)]).values():
         f.result(10)
-    check = broker_check(settings.bootstrap_servers, [name])
+    check = broker_check(settings, [name])
     assert check() is None
     for f in admin.delete_topics([name]).values():
         f.result(10)
@@ -126,8 +127,6 @@ def test_healthz_answers_200_or_503_next_to_metrics():
 
 
 def test_child_settings_split_ports_and_ready_files():
-    from infra.settings import Settings
-
     s = Settings(processor_workers=3, metrics_port=9100, processor_ready_file="/tmp/r")
     assert [(c.processor_workers, c.metrics_port, c.processor_ready_file) for c in
             (child_settings(s, i) for i in range(3))] == [(1, 9100, "/tmp/r.0"), (1, 9101, "/tmp/r.1"), (1, 9102, "/tmp/r.2")]
@@ -184,15 +183,16 @@ def test_records_written_before_their_topic_existed_are_found_and_the_topic_made
         assert name not in admin.list_topics(timeout=10).topics        # no topic, yet a batch under its name
         for f in admin.create_topics([spec]).values():
             f.result(10)
-        assert unreadable_partitions(broker.bootstrap_servers, [name, "repair.absent"]) == {name: [0]}
-        assert repair_own_topics(broker.bootstrap_servers, [spec]) == [name]
-        assert unreadable_partitions(broker.bootstrap_servers, [name]) == {}
+        on_broker = Settings(bootstrap_servers=broker.bootstrap_servers)
+        assert unreadable_partitions(on_broker, [name, "repair.absent"]) == {name: [0]}
+        assert repair_own_topics(on_broker, [spec]) == [name]
+        assert unreadable_partitions(on_broker, [name]) == {}
         consumer = Consumer({"bootstrap.servers": broker.bootstrap_servers, "group.id": "repair-check"})
         try:
             assert consumer.get_watermark_offsets(TopicPartition(name, 0), timeout=10) == (0, 0)
         finally:
             consumer.close()
-        assert repair_own_topics(broker.bootstrap_servers, [spec]) == []   # sound topics are left alone
+        assert repair_own_topics(on_broker, [spec]) == []   # sound topics are left alone
     finally:
         brokers[-1].stop()
 

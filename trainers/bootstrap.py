@@ -5,6 +5,7 @@ import logging
 import time
 
 from streams import catalog as ev
+from streams.kafka_config import client_config
 from streams.producer import EventProducer
 from streams.serde import Serde, new_event
 from streams.topics import Topics, ensure_topics
@@ -31,7 +32,7 @@ def register_initial_model(settings, deployment: str, features: list[dict], labe
         raise ValueError(f"features/labels: {len(features)} feature rows but {len(labels)} labels")
     configure_threads(settings.trainer_threads)
     topics = Topics.from_settings(settings)
-    ensure_topics(AdminClient({"bootstrap.servers": settings.bootstrap_servers}), topics,
+    ensure_topics(AdminClient(client_config(settings)), topics,
                   ["model-lifecycle", "model-updates"])
     now = int(time.time() * 1000)
     examples = [{"prediction_id": f"bootstrap:{i}", "label": str(lab), "features": dict(f), "prediction_time": now}

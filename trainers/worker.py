@@ -17,6 +17,7 @@ from typing import Callable
 from infra.settings import Settings
 from streams import catalog as ev
 from streams.consumer import EventConsumer
+from streams.kafka_config import client_config
 from streams.producer import EventProducer
 from streams.serde import Serde
 from streams.topics import Topics, ensure_topics
@@ -46,7 +47,7 @@ def run_trainer(settings, stop: Callable[[], bool], trainer_id: str | None = Non
 
     threads = configure_threads(settings.trainer_threads)
     topics = Topics.from_settings(settings)
-    ensure_topics(AdminClient({"bootstrap.servers": settings.bootstrap_servers}), topics, NEEDED_TOPICS)
+    ensure_topics(AdminClient(client_config(settings)), topics, NEEDED_TOPICS)
     serde = Serde.from_settings(settings)
     producer = EventProducer(settings, serde)
     pipeline = TrainingPipeline(settings, producer=producer, serde=serde, trainer_id=trainer_id,

@@ -61,9 +61,11 @@ def broker_command(settings: Settings, port: int | None, host: str, create_topic
         if create_topics:
             from confluent_kafka.admin import AdminClient
 
+            from streams.kafka_config import client_config
             from streams.topics import Topics, ensure_topics
 
-            ensure_topics(AdminClient({"bootstrap.servers": broker.bootstrap_servers}), Topics.from_settings(settings))
+            ensure_topics(AdminClient(client_config(settings.for_embedded_broker(broker.bootstrap_servers))),
+                          Topics.from_settings(settings))
         click.echo(f"embedded Kafka broker (Tansu, in memory) on {broker.bootstrap_servers}")
         click.echo(f"export CTLOOP_BOOTSTRAP_SERVERS={broker.bootstrap_servers}")
         sys.stdout.flush()
@@ -85,14 +87,15 @@ def tail_lines(settings: Settings, topic: str, *, from_beginning: bool = False, 
     or when ``stop()`` is true. Undecodable records give a line with an "error" field."""
     from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, TopicPartition
 
+    from streams.kafka_config import client_config
     from streams.serde import DecodeError, Serde
     from streams.topics import Topics
 
-    bootstrap = require_bootstrap(settings)
+    require_bootstrap(settings)
     name = Topics.from_settings(settings).resolve(topic)
     serde = Serde.from_settings(settings)
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "ctloop-tail", "enable.auto.commit": False,
-                         "enable.partition.eof": False, "log.connection.close": False})
+    consumer = Consumer(client_config(settings, {"group.id": "ctloop-tail", "enable.auto.commit": False,
+                                                 "enable.partition.eof": False, "log.connection.close": False}))
     try:
         md = consumer.list_topics(name, timeout=10)
         meta = md.topics.get(name)
@@ -139,7 +142,10 @@ def topics_command(settings: Settings, as_json: bool) -> None:
 
     from streams.topics import Topics, ensure_topics
 
-    admin = AdminClient({"bootstrap.servers": require_bootstrap(settings)})
+    from streams.kafka_config import client_config
+
+    require_bootstrap(settings)
+    admin = AdminClient(client_config(settings))
     registry = Topics.from_settings(settings)
     status = ensure_topics(admin, registry)
     md = admin.list_topics(timeout=10)
@@ -231,7 +237,11 @@ def register(cli: click.Group) -> None:
         if markdown:
             click.echo(settings_markdown())
             return
-        current = {f"CTLOOP_{k.upper()}": v for k, v in vars(settings).items()}
+        from dataclasses import fields as dataclass_fields
+
+        from infra.settings import _shown
+
+        current = {f"CTLOOP_{f.name.upper()}": _shown(settings, f) for f in dataclass_fields(settings)}  # secrets: ***
         rows = settings_table()
         width = max(len(r[0]) for r in rows)
         for var, default, doc in rows:

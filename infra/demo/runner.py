@@ -36,6 +36,7 @@ from infra.demo.stream import Reviewers, Sample
 from infra.demo.summary import LoopEvents, summarise
 from infra.metrics import Metrics
 from infra.settings import Settings
+from streams.kafka_config import client_config
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[2]
@@ -409,7 +410,7 @@ def _run(settings: Settings, options: DemoOptions, scenario: Scenario, progress:
     say(f"scenario {scenario.name} (seed {options.seed}): {scenario.description}; {len(scenario)} events, "
         f"drift points {drift_points or 'none known (gradual or real drift)'}")
     topics = Topics.from_settings(settings)
-    ensure_topics(AdminClient({"bootstrap.servers": settings.bootstrap_servers}), topics)
+    ensure_topics(AdminClient(client_config(settings)), topics)
 
     client = CtloopClient(settings)
     try:  # until the ExitStack below owns the client
