@@ -203,3 +203,19 @@ def test_the_fallbacks_rollback_watch_retires_a_learner_that_fell_below_the_cham
     assert "below the champion's 0.9000" in decision.reason
     assert policy.retire(config, True, flipped, None) is None          # no engagement figure: nothing to judge
     assert policy.retire(config, False, flipped, {"champion_accuracy": "0.9"}) is None
+
+
+def test_status_explains_that_the_shadow_is_judged_against_a_serving_fallback():
+    from infra.commands.serving import policy_waiting
+
+    config = {"continuous_deployment_enabled": True, "shadow_model_version": "v2", "promotion_min_samples": 100,
+              "promotion_threshold": 0.05, "significance_level": 0.05}
+    comparison = {"deployment": "d", "primary_version": "v1", "shadow_version": "v2", "shadow_revision": 3,
+                  "labeled_samples": 40, "primary_metrics": {"accuracy": 0.4}, "shadow_metrics": {"accuracy": 0.9},
+                  "mcnemar_pvalue": 0.001}
+    why = policy_waiting(config, "v1", comparison, 3, fallback_version="online:arf")
+    assert why.startswith("the online fallback online:arf serves in place of the champion v1")
+    against = {**comparison, "primary_version": "online:arf"}
+    assert policy_waiting(config, "v1", against, 3, fallback_version="online:arf").startswith(
+        "too few labeled pairs: 40 of 100")                   # the policy's own reason, on the fallback's comparison
+    assert "not the champion v1" in policy_waiting(config, "v1", against, 3)   # not serving: not judged

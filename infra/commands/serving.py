@@ -87,7 +87,9 @@ def deployment_status(settings: Settings, deployment: str, *, decisions: int = 1
         "shadow_revision": assignment_revision,
         "policy_waiting": policy_waiting(config, champion.version if champion else None,
                                          comparisons[-1] if comparisons else None, assignment_revision,
-                                         policy=PromotionPolicy(settings.promotion_max_samples_factor)),
+                                         policy=PromotionPolicy(settings.promotion_max_samples_factor),
+                                         fallback_version=(fallback.state(deployment).model_version
+                                                           if fallback.active(deployment) else None)),
         "feedback_loop": _feedback_loop(feedback),
         "online_fallback": _online_fallback(config, fallback.state(deployment)),
         "recent_decisions": recent,
@@ -98,11 +100,13 @@ def deployment_status(settings: Settings, deployment: str, *, decisions: int = 1
 
 
 def policy_waiting(config: dict, champion: str | None, comparison: dict | None, assignment_revision: int | None = None,
-                   *, policy=None) -> str | None:
+                   *, policy=None, fallback_version: str | None = None) -> str | None:
     """Why the promotion policy does not decide on the latest comparison now (None: it decides on it,
     or there is none). The same conditions as ``processors.promotion``, then the policy's own
     (:meth:`processors.policies.PromotionPolicy.waiting_reason`). ``assignment_revision``: the revision
-    of the current shadow assignment (a comparison of another one is not judged)."""
+    of the current shadow assignment (a comparison of another one is not judged). ``fallback_version``:
+    the online fallback serving in the champion's place (online:<learner>), if it is active: the shadow is
+    then judged against it, with promotion_threshold 0."""
     from processors.policies import PromotionPolicy
     if comparison is None:
         return None
@@ -112,7 +116,13 @@ def policy_waiting(config: dict, champion: str | None, comparison: dict | None, 
     if comparison["shadow_version"] != shadow:
         return (f"the latest comparison is of {comparison['shadow_version']}, not of the shadow "
                 f"({shadow or 'none'}): it is not judged")
-    if champion is not None and comparison["primary_version"] != champion:
+    if fallback_version and champion is not None and comparison["primary_version"] == fallback_version:
+        comparison = {**comparison, "primary_version": champion}
+        config = {**config, "promotion_threshold": 0.0}
+    elif fallback_version and champion is not None:
+        return (f"the online fallback {fallback_version} serves in place of the champion {champion}: the shadow is "
+                f"judged against it; waiting for a comparison against {fallback_version}")
+    elif champion is not None and comparison["primary_version"] != champion:
         return (f"the latest comparison is against {comparison['primary_version']}, not the champion {champion}: "
                 f"waiting for a comparison against the champion")
     revision = comparison.get("shadow_revision")
