@@ -265,7 +265,7 @@ def test_a_candidate_of_the_new_concept_passes_the_gate_after_a_change_point():
     old, new = _agrawal(0, 1200, seed=1), _agrawal(2, 500, seed=2, start=1200)
     champion_ds = build_dataset(old, positions={e["prediction_id"]: (0, i) for i, e in enumerate(old)},
                                 partitions=[{"partition": 0, "start_offset": 0, "end_offset": 1200}])
-    champ = train_classifier(champion_ds.subset(~champion_ds.holdout_mask()), seed=3)
+    champ = train_classifier(champion_ds.subset(~champion_ds.holdout_mask()), seed=3, max_epochs=8)
     champion = Predictor(champ.module, champ.feature_names, champ.classes)
     champion_lineage_ends = {0: 1200}
 
