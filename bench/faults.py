@@ -462,7 +462,7 @@ def broker_restart(base: Settings, work: Path, n: int, bound_s: float) -> Result
     broker = EmbeddedBroker(port=port).start()
     restarts = 0
     try:
-        s = scenario_settings(base.replace(bootstrap_servers=broker.bootstrap_servers), r.scenario, work)
+        s = scenario_settings(base.for_embedded_broker(broker.bootstrap_servers), r.scenario, work)
         topics = Topics.from_settings(s)
         with contextlib.ExitStack() as stack:
             proc = stack.enter_context(running_processors(s, stages=["processors.feedback_join"], timeout_s=90))
