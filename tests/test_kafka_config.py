@@ -338,3 +338,29 @@ def test_the_embedded_tansu_still_cannot_serve_tls_itself(pki):
                            "--cert", pki.server_cert, "--key", pki.server_key, "--silent"],
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode != 0 and "cannot be used with" in proc.stderr, (proc.returncode, proc.stderr[-500:])
+
+
+def test_the_processors_worker_joins_over_mtls(tls_broker, pki, tmp_path):
+    """The faust worker (aiokafka consumers, producer, table changelogs, topic creation) and the
+    librdkafka clients around it (output producer, broker check, topic repair, the SDK, the collector)
+    all reach the broker through TLS with a client certificate: a prediction and its feedback are joined."""
+    from confluent_kafka.admin import AdminClient
+
+    from streams import catalog as ev
+    from streams.sdk import CtloopClient
+    from streams.topics import Topics, ensure_topics
+    from tests.helpers.collect import Collector
+    from tests.helpers.processes import running_processors
+
+    s = _mtls_settings(tls_broker, pki, data_dir=str(tmp_path), stats_min_interval_s=0.1)
+    topics = Topics.from_settings(s)
+    ensure_topics(AdminClient(client_config(s)), topics)
+    with CtloopClient(s) as client:
+        client.setup_feedback_loop("tls-dep", model_name="m")
+    with running_processors(s, stages=["processors.feedback_join"], timeout_s=90), CtloopClient(s) as client, \
+            Collector(s, topics.labeled_examples) as out:
+        pid = client.log_prediction("tls-dep", {"x": 1.0}, label="a", model_version="1")
+        client.log_feedback(pid, "tls-dep", label="b")
+        client.flush()
+        joined = out.wait(lambda c: c.of(ev.LABELED_EXAMPLE, prediction_id=pid), 60, "the join over TLS")
+    assert joined[0].value["label"] == "b"

@@ -8,6 +8,7 @@ import uuid
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from streams.consumer import Event
+from streams.kafka_config import client_config
 from streams.serde import DecodeError, Serde
 
 
@@ -16,9 +17,9 @@ class Collector:
         self.serde = Serde.from_settings(settings)
         self.events: list[Event] = []
         self.raw: list = []
-        self._consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers,
-                                   "group.id": f"test-collector-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False,
-                                   "fetch.wait.max.ms": 20, "log.connection.close": False})
+        self._consumer = Consumer(client_config(settings, {  # the settings' TLS/SASL too
+            "group.id": f"test-collector-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False,
+            "fetch.wait.max.ms": 20, "log.connection.close": False}))
         assignment = []
         for topic in topics:
             md = self._consumer.list_topics(topic, timeout=10)
