@@ -462,7 +462,7 @@ class PromotionPolicy:
         min_samples = max(1, int(config.get("promotion_min_samples", 1000)))
         points = self.early_look_points(self.fast_min_samples(config), min_samples)
         n = int(comparison["labeled_samples"])
-        key = (comparison["deployment"], comparison["shadow_version"], comparison.get("shadow_revision"))
+        key = (comparison.get("deployment"), comparison.get("shadow_version"), comparison.get("shadow_revision"))
         taken = self._early_looks.get(key, 0)
         if taken >= len(points) or n < points[taken]:
             return None                       # no early look due (or all taken): wait
@@ -501,11 +501,7 @@ class PromotionPolicy:
         min_samples = max(1, int(config.get("promotion_min_samples", 1000)))
         n = int(comparison["labeled_samples"])
         if n < min_samples:
-            levels = self.levels(config)
-            fast = (f"; fast path: early looks at {self.early_look_points(self.fast_min_samples(config), min_samples)} "
-                    f"labeled pairs promote only a significantly better shadow (McNemar p < {levels['early']:.3g}) "
-                    f"of a collapsed champion" if levels["early_looks"] else "")
-            return f"too few labeled pairs: {n} of {min_samples}{fast}"
+            return f"too few labeled pairs: {n} of {min_samples}"
         metric = config.get("promotion_metric", "accuracy")
         threshold = float(config.get("promotion_threshold", 0.05))
         alpha_look = self.levels(config)["regular"]
