@@ -338,3 +338,28 @@ def test_trigger_window_parsing_names_the_field():
         TrainingWindow.of_trigger({"evidence": {"training_window": "last_week"}})
     with pytest.raises(DatasetError, match="post_change_labels"):
         TrainingWindow.of_trigger({"evidence": {"training_window": "sliding", "post_change_labels": "many"}})
+
+
+def test_every_reason_names_the_rows_that_decided_it():
+    """Window all: the forgetting reason names the base dataset and the champion's snapshot ends, the
+    'better' reasons the recent rows; the floors name the holdout and its size."""
+    import pandas as pd
+
+    from trainers.evaluation import GateRows
+
+    ex = _examples(200)
+    positions = {e["prediction_id"]: (0, i) for i, e in enumerate(ex)}
+    frame = pd.DataFrame([{"x": float(i % 2 * 3), "y": 1.0, "label": "ab"[i % 2]} for i in range(40)])
+    ds = build_dataset(ex, positions=positions, seen_until={0: 120}, base_frame=frame, base_uri="base.csv",
+                       partitions=[{"partition": 0, "start_offset": 0, "end_offset": 200}])
+    holdout = ds.subset(ds.holdout_mask())
+    flip = {"a": "b", "b": "a"}
+    y = holdout.y.tolist()
+    decision = evaluate_gate(GatePolicy(min_metrics={"accuracy": 0.9}), y, [flip[t] for t in y], y,
+                             historical=holdout.historical, current=holdout.current, rows=GateRows.of(ds.scope))
+    by_check = {r.split(":")[0]: r for r in decision.reasons}
+    assert f"on the holdout ({len(y)} rows)" in by_check["min_accuracy"]
+    assert "base-dataset rows and examples below the champion's snapshot ends (0:0-120)" in by_check["forgetting"]
+    assert f"{int(holdout.historical.sum())} historical holdout rows" in by_check["forgetting"]
+    assert "recent rows: examples after the champion's snapshot (ends 0:120) of offsets 0:0-200" \
+        in by_check["recent_accuracy"]
