@@ -15,10 +15,10 @@ from infra.demo.runner import DemoOptions, render_summary, run_demo
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(330)
+@pytest.mark.timeout(480)
 def test_quick_demo_closes_the_loop(settings, clickhouse_url, capsys):
     lines: list[str] = []
-    options = DemoOptions.quick(drifts=1, timeout_s=200.0)
+    options = DemoOptions.quick(drifts=1, timeout_s=300.0)  # streaming: 6,000 events at 75/s
     result = run_demo(settings.replace(clickhouse_url=clickhouse_url), options, progress=lines.append)
     text = render_summary(result)
     s = result.summary
