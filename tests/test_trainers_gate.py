@@ -137,6 +137,12 @@ def test_dataset_errors_name_the_cause():
     with pytest.raises(DatasetError) as e:
         build_dataset(_examples(10), min_examples=50)
     assert e.value.error_type == "too_few_examples" and "at least 50" in e.value.reason
+    from trainers.dataset import TrainingWindow
+
+    with pytest.raises(DatasetError) as e:   # a window too small says which window
+        build_dataset(_examples(10), min_examples=50, window=TrainingWindow("since_change", "a cut"),
+                      partitions=[{"partition": 0, "start_offset": 5, "end_offset": 15}])
+    assert "(since_change window, offsets 0:5-15)" in e.value.reason
     with pytest.raises(DatasetError) as e:
         build_dataset([dict(x, label="a") for x in _examples(60)])
     assert e.value.error_type == "single_class"

@@ -336,7 +336,8 @@ def dataset_from_arrays(ids: np.ndarray, x: np.ndarray, y: np.ndarray, times: np
 
     n = len(ids_arr)
     if n < max(min_examples, 2):
-        raise DatasetError(f"only {n} labeled example(s) in the snapshot"
+        where = f" ({window.name} window, offsets {format_offsets(partitions)})" if window is not None and partitions else ""
+        raise DatasetError(f"only {n} labeled example(s) in the snapshot{where}"
                            + (" and base dataset" if has_base else "")
                            + f"; the deployment needs at least {max(min_examples, 2)} (min_training_examples)",
                            "too_few_examples")
