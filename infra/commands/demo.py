@@ -40,7 +40,7 @@ def register(cli: click.Group) -> None:
                   help="MIN:MAX events between a prediction and its label (uniform).")
     @click.option("--quick", is_flag=True, help="A shorter run (about 2 minutes; what the end-to-end test runs).")
     @click.option("--events", type=int, default=None, help="Events per concept (default 3000).")
-    @click.option("--rate", type=float, default=None, help="Served events per second (default 100, --quick 75; 0: as fast as possible).")
+    @click.option("--rate", type=float, default=None, help="Served events per second (default 75; 0: as fast as possible).")
     @click.option("--drifts", type=click.IntRange(1, 2), default=2, show_default=True, help="Concept drifts to go through.")
     @click.option("--deployment", default="demo", show_default=True)
     @click.option("--timeout", "timeout_s", type=float, default=None, help="Deadline of the streaming part in seconds.")
