@@ -97,7 +97,7 @@ class DemoOptions:
         (with ``drifts=1``) two concepts. The events per concept stay those of the full demo;
         the rate too (75 events/s: a post-drift phase of 40 s)."""
         base = dict(initial_examples=1500, fault_at=800, promotion_min_samples=150, min_training_examples=150,
-                    trigger_threshold=1200, timeout_s=240.0)
+                    trigger_threshold=1200, timeout_s=300.0)
         base.update(overrides)
         return cls(**base)
 
