@@ -120,7 +120,10 @@ def render(per_seed: dict[str, list[dict]], summary: dict) -> str:
     return "\n".join(lines)
 
 
-def measure(scenarios=ALL_SCENARIOS, seeds=SEEDS, progress=lambda line: print(line, file=sys.stderr)) -> tuple[dict, dict]:
+def measure(scenarios=ALL_SCENARIOS, seeds=SEEDS, progress=lambda line: print(line, file=sys.stderr),
+            json_path: str | None = None) -> tuple[dict, dict]:
+    """Run every (scenario, seed) demo; ``json_path``: rewritten after each demo (partial results survive
+    an interrupted run)."""
     per_seed: dict[str, list[dict]] = {}
     for scenario in scenarios:
         for seed in seeds:
@@ -135,6 +138,9 @@ def measure(scenarios=ALL_SCENARIOS, seeds=SEEDS, progress=lambda line: print(li
             c = f["contenders"].get(CTLOOP, {})
             progress(f"effectiveness: {scenario} seed {seed}: ctloop whole {_pct(c.get('whole'))}%, ok={f['ok']}, "
                      f"{f['wall_s']}s {'; '.join(f['problems'])[:300]}")
+            if json_path:
+                Path(json_path).write_text(json.dumps({"per_seed": per_seed, "summary": summarise(per_seed)}, indent=2,
+                                                      default=str))
     return per_seed, summarise(per_seed)
 
 
@@ -174,8 +180,6 @@ if __name__ == "__main__":
     unknown = set(scenarios) - set(ALL_SCENARIOS)
     if unknown:
         parser.error(f"--scenarios: unknown {sorted(unknown)}; one of {', '.join(ALL_SCENARIOS)}")
-    per_seed, summary = measure(scenarios, seeds)
+    per_seed, summary = measure(scenarios, seeds, json_path=args.json_path)
     print(render(per_seed, summary))
-    if args.json_path:
-        Path(args.json_path).write_text(json.dumps({"per_seed": per_seed, "summary": summary}, indent=2, default=str))
     sys.exit(0 if all(all(v is not False for v in s["targets"].values()) for s in summary.values()) else 1)
