@@ -87,3 +87,24 @@ def test_worker_started_by_a_parent_serving_on_the_port_does_not_clash(settings,
         parent._server.shutdown()
         parent._server.server_close()
     assert "Address already in use" not in Path(log_path).read_text(errors="replace")
+
+
+def test_the_demos_processors_worker_gets_the_demos_port_plus_one(settings, topics, monkeypatch, tmp_path):
+    """infra/demo/runner.py: the demo serves on CTLOOP_METRICS_PORT and its processors subprocess (which
+    crashed with "Address already in use" when it inherited the port) serves on port + 1."""
+    from infra.demo.runner import ProcessorsProcess
+
+    port = _free_pair()
+    parent = Metrics("demo")
+    assert parent.serve(port) == port
+    monkeypatch.setenv("CTLOOP_METRICS_PORT", str(port))
+    worker = ProcessorsProcess(settings.replace(metrics_port=port, processor_stages="processors.feedback_join"), tmp_path)
+    try:
+        worker.start(timeout_s=90)
+        assert worker.alive(), worker.tail()
+        assert json.loads(worker.ready_file.read_text())["metrics_port"] == port + 1
+    finally:
+        worker.stop()
+        parent._server.shutdown()
+        parent._server.server_close()
+    assert "Address already in use" not in worker.tail(100_000)

@@ -184,9 +184,13 @@ class ProcessorsProcess:
 
     def launch(self) -> "ProcessorsProcess":
         """Start the subprocess without waiting (``wait_ready`` waits)."""
+        from infra.child_env import child_environment, child_metrics_port
+
+        # its own metrics port (the demo's + 1), never the demo's CTLOOP_METRICS_PORT (issue 13)
+        env = child_environment(self.settings, metrics_port=child_metrics_port(self.settings.metrics_port))
         with open(self.log_path, "wb") as log_file:
             self.proc = subprocess.Popen([sys.executable, "-m", "processors.worker"], cwd=str(ROOT),
-                                         env=settings_env(self.settings), stdout=log_file, stderr=subprocess.STDOUT)
+                                         env=env, stdout=log_file, stderr=subprocess.STDOUT)
         return self
 
     def wait_ready(self, timeout_s: float = 90.0) -> "ProcessorsProcess":
