@@ -393,11 +393,16 @@ class PromotionPolicy:
                 "early_looks": len(points)}
 
     def decide(self, config: dict, comparison: dict, champion_accuracy: float | None = None, *,
-               record: bool = True) -> Decision | None:
+               record: bool = True, against_fallback: bool = False) -> Decision | None:
         """promote / reject / None (wait) on ``comparison`` (a ShadowComparison's fields) under ``config``
         (the deployment settings). ``champion_accuracy``: the champion's registered holdout accuracy in
         [0, 1] (None: unknown, no fast-path promotion). ``record``: count an early look (False: only ask,
-        e.g. ``ctloop status``)."""
+        e.g. ``ctloop status``). ``against_fallback``: the comparison's primary is an online fallback
+        serving in the champion's place (streams/fallback_fold.py); then, once min_samples labeled pairs
+        are in, a shadow whose metric is at least the fallback's (difference >= 0) is promoted: it has
+        caught up with the stand-in that already beat the collapsed champion, and promoting it retires the
+        fallback (which engages again if its learner becomes significantly better). Significantly worse
+        shadows are still rejected, and so is one still behind the fallback at the cap."""
         if not config.get("continuous_deployment_enabled"):
             return None
         min_samples = max(1, int(config.get("promotion_min_samples", 1000)))
@@ -412,6 +417,11 @@ class PromotionPolicy:
         evidence = self._evidence(comparison, metric, threshold, alpha, primary, shadow, diff, pvalue, min_samples)
         evidence["alpha_per_look"] = f"{alpha_look:.4g}"
         evidence["path"] = "regular"
+        if against_fallback and diff >= 0:
+            evidence["path"] = "overtakes_fallback"
+            return Decision("promote", f"shadow {metric} {shadow:.4f} is at least the serving online fallback's "
+                                       f"{primary:.4f} ({diff:+.4f}, McNemar p={pvalue:.3g}) on {n} labeled pairs: "
+                                       f"it takes over from the fallback", evidence)
         if diff >= threshold and pvalue < alpha_look:
             return Decision("promote", f"shadow {metric} {shadow:.4f} beats primary {primary:.4f} by {diff:+.4f} "
                                        f"(>= {threshold:g}), McNemar p={pvalue:.3g} < {alpha_look:.3g} on {n} labeled pairs",

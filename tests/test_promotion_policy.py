@@ -294,3 +294,24 @@ def test_rollback_watch_judges_a_fast_path_promotion_early_against_the_collapsed
                            "time": 2000 + i})
         assert watch.check("d", FAST) is None
     assert "d" not in watch.watches
+
+
+def test_a_shadow_that_catches_up_with_a_serving_online_fallback_is_promoted_at_min_samples():
+    """While the online fallback serves, a retrained shadow that ties it (difference >= 0) takes over at
+    promotion_min_samples; one behind it is not promoted (and is rejected at the cap)."""
+    from processors.policies import PromotionPolicy
+
+    config = {"continuous_deployment_enabled": True, "promotion_min_samples": 200, "promotion_threshold": 0.0,
+              "significance_level": 0.05, "fast_promotion_min_samples": 30}
+
+    def comparison(n, primary_acc, shadow_acc, p):
+        return {"labeled_samples": n, "primary_metrics": {"accuracy": primary_acc},
+                "shadow_metrics": {"accuracy": shadow_acc}, "mcnemar_pvalue": p}
+
+    policy = PromotionPolicy()
+    tie = policy.decide(config, comparison(200, 0.90, 0.90, 1.0), against_fallback=True)
+    assert tie is not None and tie.action == "promote" and tie.evidence["path"] == "overtakes_fallback"
+    assert policy.decide(config, comparison(200, 0.90, 0.90, 1.0)) is None   # not against a fallback: waits
+    assert policy.decide(config, comparison(200, 0.90, 0.88, 0.4), against_fallback=True) is None
+    behind = policy.decide(config, comparison(600, 0.90, 0.88, 0.4), against_fallback=True)
+    assert behind is not None and behind.action == "reject"
