@@ -265,7 +265,12 @@ class _Gen:
                 if top:  # the record's own fields: parameters of the positional variant
                     self.top_fields.append(fv)
                     self.top_lines.add(len(self.lines))
-                self.emit(indent, f"{fv} = {v}[{field['name']!r}]")
+                if not top and "default" in field:
+                    # a nested record's field with a default may be left out (a producer built against the
+                    # schema before the field was added, e.g. DatasetLineage.training_window): write the default
+                    self.emit(indent, f"{fv} = {v}.get({field['name']!r}, {field['default']!r})")
+                else:
+                    self.emit(indent, f"{fv} = {v}[{field['name']!r}]")
                 self.write(field["type"], fv, indent, ns, f"{where}.{field['name']}" if where else field["name"])
         else:
             raise _Unsupported(t)

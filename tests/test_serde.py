@@ -182,3 +182,19 @@ def test_wire_format_doc_example_matches_the_encoder():
     serde = Serde()
     assert serde.encode(ev.FEEDBACK_RECEIVED, record) == documented
     assert serde.decode(documented).value == record
+
+
+def test_a_nested_field_with_a_default_may_be_left_out_and_is_written_as_its_default():
+    """A producer that builds a nested record without a field added later (with a default), e.g. a
+    DatasetLineage without training_window, still encodes; the reader sees the default."""
+    from streams.serde import Serde, new_event
+
+    serde = Serde()
+    lineage = {"topic": "t", "partitions": [{"partition": 0, "start_offset": 0, "end_offset": 5}], "row_count": 5,
+               "train_rows": 4, "holdout_rows": 1, "content_hash": "h", "base_dataset": None}
+    record = new_event("TrainingRunFinished", serde.catalog, deployment="d", run_id="r", trigger_id="t",
+                       model_version="v1", metrics={}, lineage=lineage, code_version="c", environment={},
+                       artifact_uri="u", artifact_sha256="s", duration_ms=1, samples_per_second=1.0)
+    decoded = serde.decode(serde.encode("TrainingRunFinished", record))
+    assert decoded.value["lineage"]["training_window"] is None
+    assert decoded.value["lineage"]["row_count"] == 5
