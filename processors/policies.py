@@ -393,20 +393,19 @@ class PromotionPolicy:
                 "early_looks": len(points)}
 
     def decide(self, config: dict, comparison: dict, champion_accuracy: float | None = None, *,
-               record: bool = True, against_fallback: bool = False) -> Decision | None:
+               record: bool = True, fallback_baseline: float | None = None) -> Decision | None:
         """promote / reject / None (wait) on ``comparison`` (a ShadowComparison's fields) under ``config``
         (the deployment settings). ``champion_accuracy``: the champion's registered holdout accuracy in
         [0, 1] (None: unknown, no fast-path promotion). ``record``: count an early look (False: only ask,
-        e.g. ``ctloop status``). ``against_fallback``: the comparison's primary is an online fallback
-        serving in the champion's place (streams/fallback_fold.py); then, once min_samples labeled pairs
-        are in, a shadow whose metric is at least the fallback's (difference >= 0) is promoted: it has
-        caught up with the stand-in that already beat the collapsed champion, and promoting it retires the
-        fallback (which engages again if its learner becomes significantly better). Significantly worse
-        shadows are still rejected, and so is one still behind the fallback at the cap."""
+        e.g. ``ctloop status``). ``fallback_baseline``: set when the comparison's primary is an online
+        fallback serving in the champion's place (streams/fallback_fold.py): the champion's accuracy on the
+        pairs that engaged the fallback, in [0, 1]; the shadow is then judged by :meth:`over_fallback`."""
         if not config.get("continuous_deployment_enabled"):
             return None
         min_samples = max(1, int(config.get("promotion_min_samples", 1000)))
         n = int(comparison["labeled_samples"])
+        if fallback_baseline is not None:
+            return self.over_fallback(config, comparison, fallback_baseline)
         if n < min_samples:
             return self._early(config, comparison, champion_accuracy, record)
         metric = config.get("promotion_metric", "accuracy")
@@ -417,11 +416,6 @@ class PromotionPolicy:
         evidence = self._evidence(comparison, metric, threshold, alpha, primary, shadow, diff, pvalue, min_samples)
         evidence["alpha_per_look"] = f"{alpha_look:.4g}"
         evidence["path"] = "regular"
-        if against_fallback and diff >= 0:
-            evidence["path"] = "overtakes_fallback"
-            return Decision("promote", f"shadow {metric} {shadow:.4f} is at least the serving online fallback's "
-                                       f"{primary:.4f} ({diff:+.4f}, McNemar p={pvalue:.3g}) on {n} labeled pairs: "
-                                       f"it takes over from the fallback", evidence)
         if diff >= threshold and pvalue < alpha_look:
             return Decision("promote", f"shadow {metric} {shadow:.4f} beats primary {primary:.4f} by {diff:+.4f} "
                                        f"(>= {threshold:g}), McNemar p={pvalue:.3g} < {alpha_look:.3g} on {n} labeled pairs",
@@ -433,6 +427,59 @@ class PromotionPolicy:
         if n >= cap:
             return Decision("reject", f"shadow not significantly better after {n} labeled pairs "
                                       f"(cap {cap}): {metric} difference {diff:+.4f}, McNemar p={pvalue:.3g}", evidence)
+        return None
+
+    def over_fallback(self, config: dict, comparison: dict, baseline: float) -> Decision | None:
+        """Judge a shadow while the online fallback serves (the comparison's primary is the fallback).
+
+        From ``fast_promotion_min_samples`` labeled pairs on (``promotion_min_samples`` when the fast path
+        is off), with T = promotion_threshold and a = the per-look level of :meth:`levels` (early when the
+        fast path is on, else regular):
+
+        * **promote** when the shadow's accuracy beats ``baseline`` (the collapsed champion's accuracy on the
+          pairs that engaged the fallback) by >= T with a one-sided exact binomial p < a
+          (H0: shadow accuracy <= baseline; scipy.stats.binomtest), and it is not worse than the fallback
+          by T or more (difference >= -T). It has recovered from the change the fallback was standing in
+          for; promoting it retires the fallback, and the fallback stage engages it again if its learner
+          becomes significantly better than the new champion (that, not a rollback to the collapsed
+          champion, is the guard: see RollbackWatch.on_promoted);
+        * **reject** when it is worse than the fallback by >= T with McNemar p < a, or, at the cap, when
+          it was never promoted;
+        * else wait."""
+        min_samples = max(1, int(config.get("promotion_min_samples", 1000)))
+        fast_min = self.fast_min_samples(config)
+        first = min(fast_min, min_samples) if fast_min > 0 else min_samples
+        n = int(comparison["labeled_samples"])
+        if n < first:
+            return None
+        metric = config.get("promotion_metric", "accuracy")
+        threshold = float(config.get("promotion_threshold", 0.05))
+        levels = self.levels(config)
+        alpha_look = levels["early"] or levels["regular"]
+        primary, shadow, diff, pvalue = self._figures(comparison, metric)
+        shadow_acc = float(comparison["shadow_metrics"].get("accuracy", 0.0))
+        reference = min(max(float(baseline), 1e-9), 1 - 1e-9)
+        p_better = float(binomtest(round(shadow_acc * n), n, reference, alternative="greater").pvalue)
+        evidence = self._evidence(comparison, metric, threshold, levels["alpha"], primary, shadow, diff, pvalue,
+                                  min_samples)
+        evidence.update({"path": "over_fallback", "alpha_per_look": f"{alpha_look:.4g}",
+                         "champion_accuracy_at_engagement": f"{baseline:.6f}",
+                         "binomial_pvalue_vs_champion": f"{p_better:.6g}"})
+        if diff <= -threshold and pvalue < alpha_look:
+            return Decision("reject", f"shadow {metric} {shadow:.4f} is worse than the serving online fallback's "
+                                      f"{primary:.4f} by {-diff:.4f} (McNemar p={pvalue:.3g}) on {n} labeled pairs",
+                            evidence)
+        if shadow_acc - baseline >= threshold and p_better < alpha_look and diff >= -threshold:
+            return Decision("promote", f"over the online fallback: shadow accuracy {shadow_acc:.4f} beats the collapsed "
+                                       f"champion's {baseline:.4f} (at the fallback's engagement) by "
+                                       f"{shadow_acc - baseline:+.4f} (binomial p={p_better:.3g} < {alpha_look:.3g}) and "
+                                       f"is within {threshold:g} of the serving fallback's {primary:.4f} on {n} labeled "
+                                       f"pairs: it takes over from the fallback", evidence)
+        cap = self.cap(min_samples)
+        if n >= cap:
+            return Decision("reject", f"shadow not promoted over the online fallback after {n} labeled pairs (cap {cap}): "
+                                      f"{metric} {shadow:.4f} vs fallback {primary:.4f}, binomial p vs the champion's "
+                                      f"{baseline:.4f} = {p_better:.3g}", evidence)
         return None
 
     @staticmethod
@@ -591,6 +638,10 @@ class RollbackWatch:
         if not previous_version or previous_version == version:
             return None
         evidence = evidence or {}
+        if evidence.get("path") == "over_fallback":
+            # promoted over a serving online fallback: the previous champion had collapsed, so rolling back
+            # to it would serve a worse model; the fallback stage's engage rule guards this champion instead
+            return None
         baseline, n = self.live_accuracy(deployment, previous_version)
         fast = evidence.get("path") == "fast" and evidence.get("primary_accuracy") not in (None, "")
         if n < min_baseline_samples or fast:

@@ -219,7 +219,7 @@ def register(app, ctx) -> None:
         if comparison.get("shadow_revision") != revision:
             return  # evidence of another (earlier) assignment of this version, or of none: not this one's
         champion = champion_mv.version if champion_mv else None
-        served_primary, against_fallback = None, False
+        served_primary, fallback_baseline = None, None
         if champion is not None and champion != comparison["primary_version"]:
             with state.lock:
                 online = state.fallback.state(dep)
@@ -230,8 +230,12 @@ def register(app, ctx) -> None:
             served_primary, comparison = comparison["primary_version"], {**comparison, "primary_version": champion}
             # "overtakes": against the fallback any significant improvement promotes (threshold 0); the
             # champion it replaced had already lost to the fallback by promotion_threshold
-            config = {**config, "promotion_threshold": 0.0}
-            against_fallback = True   # at min_samples, catching up with the fallback is enough (PromotionPolicy)
+            # judged by PromotionPolicy.over_fallback: recovered against the champion's accuracy when the
+            # fallback engaged, and not worse than the fallback
+            try:
+                fallback_baseline = float((online.evidence or {}).get("champion_accuracy", ""))
+            except ValueError:
+                fallback_baseline = 0.5
         elif champion is not None:
             with state.lock:
                 fallback_serves = state.fallback.active(dep)
@@ -239,7 +243,7 @@ def register(app, ctx) -> None:
                 return  # the online fallback serves: the shadow is judged against it, not the champion it replaced
         # the fast path needs the champion's registered holdout accuracy (has it collapsed since?)
         champion_accuracy = (champion_mv.metrics or {}).get("accuracy") if champion_mv is not None else None
-        decision = policy.decide(config, comparison, champion_accuracy, against_fallback=against_fallback)
+        decision = policy.decide(config, comparison, champion_accuracy, fallback_baseline=fallback_baseline)
         if decision is None:
             return
         if served_primary is not None:

@@ -296,12 +296,14 @@ def test_rollback_watch_judges_a_fast_path_promotion_early_against_the_collapsed
     assert "d" not in watch.watches
 
 
-def test_a_shadow_that_catches_up_with_a_serving_online_fallback_is_promoted_at_min_samples():
-    """While the online fallback serves, a retrained shadow that ties it (difference >= 0) takes over at
-    promotion_min_samples; one behind it is not promoted (and is rejected at the cap)."""
-    from processors.policies import PromotionPolicy
+def test_while_the_online_fallback_serves_a_recovered_shadow_is_promoted_and_no_rollback_watch_is_armed():
+    """While the online fallback serves: a shadow far above the collapsed champion's accuracy (0.45 at
+    engagement) and within the threshold of the fallback is promoted after fast_promotion_min_samples pairs;
+    one clearly worse than the fallback is rejected; one not above the champion waits; such a promotion
+    arms no rollback watch (rolling back would serve the collapsed champion)."""
+    from processors.policies import PromotionPolicy, RollbackWatch
 
-    config = {"continuous_deployment_enabled": True, "promotion_min_samples": 200, "promotion_threshold": 0.0,
+    config = {"continuous_deployment_enabled": True, "promotion_min_samples": 200, "promotion_threshold": 0.03,
               "significance_level": 0.05, "fast_promotion_min_samples": 30}
 
     def comparison(n, primary_acc, shadow_acc, p):
@@ -309,9 +311,12 @@ def test_a_shadow_that_catches_up_with_a_serving_online_fallback_is_promoted_at_
                 "shadow_metrics": {"accuracy": shadow_acc}, "mcnemar_pvalue": p}
 
     policy = PromotionPolicy()
-    tie = policy.decide(config, comparison(200, 0.90, 0.90, 1.0), against_fallback=True)
-    assert tie is not None and tie.action == "promote" and tie.evidence["path"] == "overtakes_fallback"
-    assert policy.decide(config, comparison(200, 0.90, 0.90, 1.0)) is None   # not against a fallback: waits
-    assert policy.decide(config, comparison(200, 0.90, 0.88, 0.4), against_fallback=True) is None
-    behind = policy.decide(config, comparison(600, 0.90, 0.88, 0.4), against_fallback=True)
-    assert behind is not None and behind.action == "reject"
+    assert policy.decide(config, comparison(20, 0.93, 0.92, 1.0), fallback_baseline=0.45) is None  # too few
+    up = policy.decide(config, comparison(30, 0.93, 0.92, 1.0), fallback_baseline=0.45)
+    assert up is not None and up.action == "promote" and up.evidence["path"] == "over_fallback"
+    worse = policy.decide(config, comparison(60, 0.93, 0.40, 1e-9), fallback_baseline=0.45)
+    assert worse is not None and worse.action == "reject"
+    assert policy.decide(config, comparison(60, 0.93, 0.47, 1e-9), fallback_baseline=0.45) is not None  # worse: reject
+    assert policy.decide(config, comparison(60, 0.50, 0.47, 0.5), fallback_baseline=0.45) is None      # not recovered
+    watch = RollbackWatch(200)
+    assert watch.on_promoted("d", "v3", "v1", evidence=up.evidence) is None
