@@ -140,7 +140,7 @@ def test_oversized_and_bad_records_get_one_dead_letter_each_and_the_worker_keeps
             p3 = client.log_prediction(dep, {"x": 4.0}, label="a", model_version="1")
             client.log_feedback(p3, dep, label="a")
             client.flush()
-            out.wait(lambda c: c.of(ev.LABELED_EXAMPLE, prediction_id=p3), 60, "a pair joined after the restart")
+            out.wait(lambda c: c.of(ev.LABELED_EXAMPLE, prediction_id=p3), 120, "a pair joined after the restart")
             assert proc.poll() is None
         assert len(out.of(ev.DEAD_LETTER)) == 8
 
