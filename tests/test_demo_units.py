@@ -198,21 +198,9 @@ def test_window_accuracies_and_kinds():
 def test_online_learner_learns_only_from_reviews_that_arrived():
     from infra.demo.stream import Review, Sample
 
-    class Memo:
-        """Predicts the last label it learned: shows exactly when reviews are applied."""
-
-        def __init__(self):
-            self.last = None
-
-        def learn_one(self, x, y):
-            self.last = y
-
-        def predict_one(self, x):
-            return self.last
-
     samples = [Sample(i, 0, {"x0": float(i)}, "1") for i in range(6)]
     reviews = [Review(0, 3, None, "1", "label", None, "ana")]  # sample 0's label arrives at position 3
-    assert online_learner(samples, reviews, model=Memo()) == [False, False, False, True, True, True]
+    assert online_learner(samples, reviews, model=_Memo()) == [False, False, False, True, True, True]
 
 
 def test_report_windows_whole_stream_first_then_after_drift_then_every_event_in_fixed_windows():
