@@ -228,10 +228,9 @@ def register(app, ctx) -> None:
             # the online fallback serves in the champion's place: the shadow is judged against it, and
             # the decision still expects (and replaces) the registry champion
             served_primary, comparison = comparison["primary_version"], {**comparison, "primary_version": champion}
-            # "overtakes": against the fallback any significant improvement promotes (threshold 0); the
-            # champion it replaced had already lost to the fallback by promotion_threshold
             # judged by PromotionPolicy.over_fallback: recovered against the champion's accuracy when the
-            # fallback engaged, and not worse than the fallback
+            # fallback engaged, and not worse than the fallback (a switch without that evidence, e.g. a
+            # manual one: chance level of a binary task)
             try:
                 fallback_baseline = float((online.evidence or {}).get("champion_accuracy", ""))
             except ValueError:
