@@ -55,6 +55,8 @@ sys.path.insert(0, str(ROOT))
 from confluent_kafka import Consumer, TopicPartition  # noqa: E402
 from confluent_kafka.admin import AdminClient  # noqa: E402
 
+from infra.harness.collect import Collector  # noqa: E402
+from infra.harness.processes import running_processors, settings_env, stop_process  # noqa: E402
 from infra.embedded import EmbeddedBroker, free_port  # noqa: E402
 from infra.settings import Settings  # noqa: E402
 from infra.stack import kafka_stack  # noqa: E402
@@ -63,8 +65,6 @@ from streams.consumer import end_offsets  # noqa: E402
 from streams.kafka_config import client_config  # noqa: E402
 from streams.sdk import CtloopClient  # noqa: E402
 from streams.topics import Topics, ensure_topics  # noqa: E402
-from tests.helpers.collect import Collector  # noqa: E402
-from tests.helpers.processes import running_processors, settings_env, stop_process  # noqa: E402
 
 SCENARIOS = ("processor-kill", "trainer-kill", "sink-kill", "broker-restart", "workers-1", "workers-2", "workers-3")
 

@@ -28,6 +28,8 @@ sys.path.insert(0, str(ROOT))
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition  # noqa: E402
 from confluent_kafka.admin import AdminClient  # noqa: E402
 
+from infra.harness.collect import Collector  # noqa: E402
+from infra.harness.processes import running_processors  # noqa: E402
 from infra.settings import Settings  # noqa: E402
 from infra.stack import kafka_stack  # noqa: E402
 from streams import catalog as ev  # noqa: E402
@@ -36,8 +38,6 @@ from streams.producer import EventProducer  # noqa: E402
 from streams.sdk import CtloopClient  # noqa: E402
 from streams.serde import Serde, new_event  # noqa: E402
 from streams.topics import Topics, ensure_topics  # noqa: E402
-from tests.helpers.collect import Collector  # noqa: E402
-from tests.helpers.processes import running_processors  # noqa: E402
 
 
 def metric(port: int, name: str) -> float:

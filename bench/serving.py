@@ -76,7 +76,7 @@ def run(quick: bool = False) -> list[dict]:
     from streams.serving import Deployment
     from streams.kafka_config import client_config
     from streams.topics import Topics, ensure_topics
-    from tests.helpers.processes import running_processors, wait_for
+    from infra.harness.processes import running_processors, wait_for
 
     n = 400 if quick else 3000
     min_samples = 100 if quick else 300
