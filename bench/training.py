@@ -166,7 +166,7 @@ def kafka_run(base_settings, n: int) -> dict:
         thread.join(60)
     if outcome.get("status") != "registered":
         raise RuntimeError(f"{n}-example run ended {outcome.get('status')}, not registered")
-    from trainers.registry import ModelRegistry
+    from streams.registry import ModelRegistry
 
     mv = ModelRegistry.load(settings).champion(dep)
     return {"trigger_to_registered_s": elapsed, "produce_s": produce_s, "compile_s": mv.metrics.get("compile_seconds"),

@@ -88,7 +88,7 @@ def start_serving(settings: Settings, options: AppOptions, client, metrics=None,
     (deployment, registered_initial)."""
     from infra.demo.stream import training_data
     from streams.serving import Deployment
-    from trainers.registry import ModelRegistry
+    from streams.registry import ModelRegistry
 
     registered = False
     if ModelRegistry.load(settings, timeout_s=timeout_s).champion(options.deployment) is None:

@@ -84,7 +84,7 @@ class Deployment:
             raise InvalidEvent("deployment", "must be a non-empty string")
         from streams.sdk import CtloopClient
         from trainers.artifacts import ArtifactStore
-        from trainers.registry import ModelRegistry
+        from streams.registry import ModelRegistry
 
         self.settings = settings
         self.deployment = deployment
@@ -141,7 +141,7 @@ class Deployment:
         be registered) and start following updates."""
         if self._follower is not None:
             return self
-        from trainers.registry import HeldUpdateRelease
+        from streams.registry import HeldUpdateRelease
 
         self._stop.clear()
         self._shadow_thread = threading.Thread(target=self._shadow_loop, name=f"ctloop-shadow-{self.deployment}",

@@ -6,7 +6,7 @@ import uuid
 from streams import catalog as ev
 from streams.consumer import Event
 from streams.serde import new_event
-from trainers.registry import ModelRegistry
+from streams.registry import ModelRegistry
 
 DEP = "dep"
 
@@ -179,7 +179,7 @@ def test_preconditions_on_the_version_state_and_released_events_without_them():
 
 
 def test_held_updates_are_refused_once_lifecycle_was_read_past_the_end_asked_after_them():
-    from trainers.registry import HeldUpdateRelease
+    from streams.registry import HeldUpdateRelease
 
     r = ModelRegistry()
     r.offer(ev.MODEL_REGISTERED, registered("v1", "champion"))

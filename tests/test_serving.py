@@ -209,7 +209,7 @@ def test_a_registration_from_a_clock_ten_minutes_ahead_is_served_and_reported(se
     """Issue 11: a trainer whose clock runs 10 min ahead registers v2; a correct clock promotes v2 5 s
     later. Registry, serving app and `ctloop status` all follow the log: v2 is the champion."""
     from infra.cli import cli
-    from trainers.registry import ModelRegistry
+    from streams.registry import ModelRegistry
 
     dep = "toy"
     now = int(time.time() * 1000)
@@ -242,7 +242,7 @@ def test_racing_decisions_registry_and_serving_agree_and_the_stale_rollback_is_r
     """Issue 11 (a): the policy promotes v2; an operator promotes v3; then a rollback v2 -> v1 that the
     policy decided on its older view arrives. Champion v3 everywhere; the rollback is refused, visibly."""
     from infra.cli import cli
-    from trainers.registry import ModelRegistry
+    from streams.registry import ModelRegistry
 
     dep = "toy"
     register_model(settings, dep, "v1", +1, alias="champion")

@@ -23,7 +23,7 @@ from trainers.artifacts import ArtifactStore, TamperedArtifactError
 from trainers.bootstrap import register_initial_model
 from trainers.models import load_predictor
 from trainers.pipeline import TrainingPipeline
-from trainers.registry import ModelRegistry
+from streams.registry import ModelRegistry
 from trainers.worker import run_trainer
 
 REPO = Path(__file__).resolve().parents[1]

@@ -12,7 +12,7 @@ from trainers.artifacts import ArtifactStore, TamperedArtifactError
 from trainers.dataset import DatasetError, build_dataset, split_mask
 from trainers.evaluation import GatePolicy, evaluate_gate, macro_f1, parse_min_metrics
 from trainers.models import Predictor, build_model, load_predictor, model_config
-from trainers.registry import ModelVersion
+from streams.registry import ModelVersion
 from trainers.training import flip_labels, train_classifier
 
 POLICY = GatePolicy(holdout_tolerance=0.01, segment_tolerance=0.05, forgetting_tolerance=0.05)

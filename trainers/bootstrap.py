@@ -14,7 +14,7 @@ from trainers.dataset import build_dataset
 from trainers.evaluation import score
 from trainers.models import DEFAULT_FACTORY, Predictor
 from trainers.pipeline import code_version
-from trainers.registry import ModelRegistry, ModelVersion
+from streams.registry import ModelRegistry, ModelVersion
 from trainers.training import configure_threads, resolve_device, train_classifier
 
 log = logging.getLogger(__name__)

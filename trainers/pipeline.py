@@ -29,7 +29,7 @@ from trainers.artifacts import ArtifactStore, TamperedArtifactError
 from trainers.dataset import DatasetError, compile_dataset, read_base_dataset
 from trainers.evaluation import GatePolicy, GateRows, evaluate_gate
 from trainers.models import DEFAULT_FACTORY, Predictor, load_predictor, resolve_factory
-from trainers.registry import ModelRegistry
+from streams.registry import ModelRegistry
 from trainers.training import resolve_device, train_classifier
 
 log = logging.getLogger(__name__)

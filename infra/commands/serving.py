@@ -29,7 +29,7 @@ def deployment_status(settings: Settings, deployment: str, *, decisions: int = 1
     from streams.deployments import DeploymentSettingsClient
     from streams.fallback_fold import fold_events
     from streams.topics import Topics
-    from trainers.registry import ModelRegistry
+    from streams.registry import ModelRegistry
 
     topics = Topics.from_settings(settings)
     feedback = latest_feedback_stats(settings, deployment, timeout_s=timeout_s)
@@ -151,7 +151,7 @@ class DecisionRefused(RuntimeError):
 def _check_applied(settings: Settings, record: dict, timeout_s: float) -> None:
     """Compare-and-set on the log: read the registry back and raise DecisionRefused if the fold refused
     the decision just published (another decision reached the log in between)."""
-    from trainers.registry import ModelRegistry
+    from streams.registry import ModelRegistry
 
     registry = ModelRegistry.load(settings, timeout_s=timeout_s)
     for refusal in registry.refusals_of(record["deployment"]):
@@ -196,7 +196,7 @@ def manual_promote(settings: Settings, deployment: str, version: str, *, reason:
     (then the event has ``forced`` true and the overridden checks in its evidence)."""
     from streams.deployments import DeploymentSettingsClient
     from streams.serde import new_event
-    from trainers.registry import ModelRegistry
+    from streams.registry import ModelRegistry
 
     registry = ModelRegistry.load(settings, timeout_s=timeout_s)
     mv = registry.get(deployment, version)
@@ -228,7 +228,7 @@ def manual_rollback(settings: Settings, deployment: str, to_version: str | None 
     """Publish ModelRolledBack (decided_by manual) from the champion to ``to_version`` (default: the
     previous champion), expecting that champion (compare-and-set, see :func:`manual_promote`)."""
     from streams.serde import new_event
-    from trainers.registry import ModelRegistry
+    from streams.registry import ModelRegistry
 
     registry = ModelRegistry.load(settings, timeout_s=timeout_s)
     champion = registry.champion(deployment)

@@ -63,7 +63,7 @@ def register(cli: click.Group) -> None:
     @click.pass_obj
     def models(settings, deployment, as_json, timeout_s):
         """List the model versions of DEPLOYMENT with alias, metrics and lineage."""
-        from trainers.registry import ModelRegistry
+        from streams.registry import ModelRegistry
 
         require_bootstrap(settings)
         registry = ModelRegistry.load(settings, timeout_s=timeout_s)
