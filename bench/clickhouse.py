@@ -37,7 +37,7 @@ def measure_sink(settings, events: int) -> tuple[float, float]:
     """(sink rows/s, direct insert rows/s)."""
     from confluent_kafka.admin import AdminClient
 
-    from processors.clickhouse_sink import ClickHouseSink
+    from infra.clickhouse_sink import ClickHouseSink
     from streams.sdk import CtloopClient
     from streams.kafka_config import client_config
     from streams.topics import Topics, ensure_topics

@@ -8,7 +8,7 @@ import uuid
 import pytest
 
 from infra.clickhouse import ClickHouseLocked, connect
-from processors.clickhouse_sink import TABLES, ClickHouseSink
+from infra.clickhouse_sink import TABLES, ClickHouseSink
 from streams import catalog as ev
 from streams.producer import EventProducer
 from streams.serde import new_event
@@ -185,7 +185,7 @@ def test_every_top_level_event_field_has_a_column(ch_settings):
             if "settings_json" in columns:   # the whole event is kept as JSON (deployment_configs)
                 continue
             fields = set(ev.default_catalog()[event_type].field_names)
-            flattened = {"lineage", "snapshot", "features"}  # stored as derived columns (processors/clickhouse_sink.py)
+            flattened = {"lineage", "snapshot", "features"}  # stored as derived columns (infra/clickhouse_sink.py)
             lost = sorted(fields - columns - flattened)
             if lost:
                 missing[table] = lost

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from processors.clickhouse_sink import ClickHouseSink
+from infra.clickhouse_sink import ClickHouseSink
 from tests.clickhouse_scenario import publish_scenario, scenario_settings
 
 

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from infra.report import write_report
-from processors.clickhouse_sink import ClickHouseSink
+from infra.clickhouse_sink import ClickHouseSink
 from tests.clickhouse_scenario import publish_scenario, scenario_settings
 
 

@@ -80,7 +80,7 @@ def register(cli: click.Group) -> None:
     def sink(settings, until_caught_up: bool, timeout_s: float) -> None:
         """Store every topic of the loop in ClickHouse (consumer group <prefix>sink)."""
         from infra.metrics import Metrics
-        from processors.clickhouse_sink import ClickHouseSink
+        from infra.clickhouse_sink import ClickHouseSink
 
         if not settings.bootstrap_servers:
             raise click.UsageError("CTLOOP_BOOTSTRAP_SERVERS must name the Kafka cluster to sink from")
@@ -126,7 +126,7 @@ def register(cli: click.Group) -> None:
         try:
             client = None
             if catch_up:
-                from processors.clickhouse_sink import ClickHouseSink
+                from infra.clickhouse_sink import ClickHouseSink
 
                 if not settings.bootstrap_servers:
                     raise click.UsageError("--catch-up needs CTLOOP_BOOTSTRAP_SERVERS")

@@ -1,4 +1,4 @@
--- ctloop analytics tables: one table per event type, filled by processors/clickhouse_sink.py.
+-- ctloop analytics tables: one table per event type, filled by infra/clickhouse_sink.py.
 -- {db} is replaced by CTLOOP_CLICKHOUSE_DATABASE. Applied idempotently at sink / sql / report start.
 -- Every table: ReplacingMergeTree ordered by (..., event_id) so a re-delivered event collapses into one
 -- row (views read with FINAL); partitioned by month; kafka_topic/kafka_partition/kafka_offset say where
