@@ -11,6 +11,10 @@ HAT and ARF and a sliding-window retrain computed on the same events and the sam
 
 The scenario (``infra.demo.scenarios``) is built before streaming: its drift points are fixed in events,
 so they do not depend on the event rate or on how fast the loop closes.
+
+What to do at each served event (publish the fault-injection trigger, hand over to the regular trainer,
+announce drifts and promotions, stop at the deadline) is decided by the pure phase machine
+``infra.demo.phases.DemoPhases``; this module runs the components and carries out its effects.
 """
 from __future__ import annotations
 
@@ -28,15 +32,20 @@ import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from infra.demo.effectiveness import PEERS, Comparison, compare, phase_windows, summarise_kinds
+from infra.demo.phases import Action, DemoPhases, Effect, faulty_run_outcome
 from infra.demo.scenarios import DEFAULT_SCENARIO, SCENARIOS, Scenario, make_scenario
 from infra.demo.stream import Reviewers, Sample
 from infra.demo.summary import LoopEvents, summarise
 from infra.metrics import Metrics
 from infra.settings import Settings
 from streams.kafka_config import client_config
+
+if TYPE_CHECKING:
+    from streams.sdk import CtloopClient
+    from streams.serving import Deployment
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[2]
@@ -316,8 +325,20 @@ class LoopMonitor:
         return self
 
     def of(self, *types: str) -> list[dict]:
+        """The values of the deployment's events of ``types``, in arrival order."""
         with self.lock:
             return [v for t, v in self.events if t in types]
+
+    def snapshot(self) -> list[tuple[str, dict]]:
+        """A copy of the deployment's (event type, value) pairs so far, in arrival order."""
+        with self.lock:
+            return list(self.events)
+
+    def policy_promotions(self) -> list[str]:
+        """Model versions promoted by the policy so far (ModelPromoted with decided_by policy), in order."""
+        from streams import catalog as ev
+
+        return [p["model_version"] for p in self.of(ev.MODEL_PROMOTED) if p.get("decided_by") == "policy"]
 
     def counts(self) -> dict:
         from streams import catalog as ev
@@ -388,12 +409,92 @@ def run_demo(settings: Settings, options: DemoOptions | None = None, *, progress
         return _run(live, options, scenario, progress, started)
 
 
+FAULTY_TRAINER = "trainer-faulty"
+REGULAR_TRAINER = "trainer-1"
+
+
+@dataclass
+class _RunContext:
+    """What every step of one demo run shares: the run's settings (topic prefix and data dir of the
+    run), options, scenario, run folder, progress printer, metrics and the problems found so far."""
+
+    settings: Settings
+    options: DemoOptions
+    scenario: Scenario
+    run_dir: Path
+    say: Callable[[str], None]
+    metrics: Metrics
+    started: float
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def dep_name(self) -> str:
+        return self.options.deployment
+
+
+@dataclass
+class _Loop:
+    """The running loop's components (started by ``_start_loop``, stopped by its ExitStack)."""
+
+    processors: ProcessorsProcess
+    monitor: LoopMonitor
+    client: CtloopClient
+    deployment: Deployment
+    reviewers: Reviewers
+    faulty: TrainerThread
+    trainers: list[TrainerThread]
+    on_ready: Callable[[str], None]
+    regular: TrainerThread | None = None
+    clock: _Clock | None = None
+
+
+@dataclass
+class _Served:
+    """What was served: the samples in order, their prediction ids, the reviews scheduled and the
+    correctness of the last 500 predictions (for the progress lines)."""
+
+    samples: list[Sample] = field(default_factory=list)
+    prediction_ids: list[str] = field(default_factory=list)
+    reviews: list = field(default_factory=list)
+    recent: deque = field(default_factory=lambda: deque(maxlen=500))
+
+
 def _run(settings: Settings, options: DemoOptions, scenario: Scenario, progress: Callable[[str], None],
          started: float) -> DemoResult:
+    """One demo run on a live Kafka (``settings``): bootstrap, stream while the phases drive the loop,
+    then the summary from the topics, the effectiveness comparison and the report."""
+    from streams.sdk import CtloopClient
+
+    ctx = _open_run(settings, options, scenario, progress, started)
+    client = CtloopClient(ctx.settings)
+    processors, loop_settings, frozen, frozen_labels = _bootstrap(ctx, client)
+    # the peers learn from the same delayed reviews: the reviewers' draws do not depend on what was
+    # served, so a second Reviewers with the same seed schedules exactly the reviews the loop gets
+    scheduled = _new_reviewers(options).schedule(scenario.samples)
+    pool, peers_future = _start_peers(ctx, scheduled, frozen_labels)
+    phases = DemoPhases(drift_points=list(scenario.known_drifts), concepts=list(scenario.concepts),
+                        stream_length=len(scenario), fault_at=options.fault_at, cooldown_s=options.cooldown_seconds,
+                        rate=options.rate, min_training_examples=options.min_training_examples,
+                        timeout_s=options.timeout_s, started=started)
+    with contextlib.ExitStack() as cleanup:  # stops, in reverse: serving, SDK, trainers, monitor, processors
+        loop = _start_loop(ctx, cleanup, processors, client)
+        served = _stream(ctx, loop, phases)
+    _check_served(ctx, loop, served, scheduled)
+    summary, closed, served_labels = _loop_figures(ctx, served)
+    comparison = _effectiveness(ctx, served, served_labels, pool, peers_future, frozen)
+    report_path = _report(ctx) if options.report else None
+    import gc
+
+    gc.collect()  # drop clients of finished components before the embedded broker stops
+    return DemoResult(ctx.settings, options, summary, comparison, report_path, phases.drift_points,
+                      time.monotonic() - started, ctx.problems, closed, loop_settings)
+
+
+def _open_run(settings: Settings, options: DemoOptions, scenario: Scenario, progress: Callable[[str], None],
+              started: float) -> _RunContext:
+    """The run's folder, topic prefix (``<prefix>demo-<run id>.``), metrics endpoint and topics."""
     from confluent_kafka.admin import AdminClient
 
-    from streams.deployments import DeploymentSettingsClient
-    from streams.sdk import CtloopClient
     from streams.topics import Topics, ensure_topics
 
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
@@ -401,281 +502,288 @@ def _run(settings: Settings, options: DemoOptions, scenario: Scenario, progress:
     run_dir = Path(settings.data_dir) / "demo" / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
     settings = settings.replace(topic_prefix=f"{settings.topic_prefix}demo-{run_id}.", data_dir=str(run_dir))
-    dep_name = options.deployment
     elapsed = lambda: time.monotonic() - started  # noqa: E731
     say = lambda msg: progress(f"[{elapsed():6.1f}s] {msg}")  # noqa: E731
     # one Prometheus registry for the in-process parts (serving app, trainers, sink); the processors
     # worker serves its own
     metrics = Metrics("demo")
     metrics_port = metrics.serve(settings.metrics_port)
-    problems: list[str] = []
     drift_points = list(scenario.known_drifts)
-
     say(f"kafka {settings.bootstrap_servers}; topics prefix {settings.topic_prefix}; data {run_dir}; "
         f"metrics :{metrics_port}/metrics")
     say(f"scenario {scenario.name} (seed {options.seed}): {scenario.description}; {len(scenario)} events, "
         f"drift points {drift_points or 'none known (gradual or real drift)'}")
-    topics = Topics.from_settings(settings)
-    ensure_topics(AdminClient(client_config(settings)), topics)
+    ensure_topics(AdminClient(client_config(settings)), Topics.from_settings(settings))
+    return _RunContext(settings, options, scenario, run_dir, say, metrics, started)
 
-    client = CtloopClient(settings)
-    try:  # until the ExitStack below owns the client
-        settings_client = DeploymentSettingsClient(settings, producer=client.producer)
-        settings_client.setup_feedback_loop(dep_name, model_name=f"{dep_name}-model", min_training_examples=options.min_training_examples)
-        settings_client.setup_continuous_training(dep_name, trigger_threshold=options.trigger_threshold,
-                                                  drift_threshold=options.drift_threshold,
-                                                  performance_decay_threshold=options.performance_decay_threshold,
-                                                  cooldown_seconds=options.cooldown_seconds)
-        record = settings_client.setup_continuous_deployment(dep_name, promotion_threshold=options.promotion_threshold,
-                                                             min_samples=options.promotion_min_samples,
-                                                             significance_level=options.significance_level,
-                                                             rollback_margin=options.rollback_margin)
-        loop_settings = {k: record.get(k) for k in LOOP_SETTINGS_SHOWN if k in record}
-        say(f"deployment {dep_name!r} settings: " + ", ".join(f"{k}={v}" for k, v in loop_settings.items()))
+
+def _configure_deployment(ctx: _RunContext, client) -> dict:
+    """Publish the deployment's settings (feedback loop, continuous training and deployment); returns
+    the LOOP_SETTINGS_SHOWN of the resulting record (printed)."""
+    from streams.deployments import DeploymentSettingsClient
+
+    options, dep_name = ctx.options, ctx.dep_name
+    settings_client = DeploymentSettingsClient(ctx.settings, producer=client.producer)
+    settings_client.setup_feedback_loop(dep_name, model_name=f"{dep_name}-model", min_training_examples=options.min_training_examples)
+    settings_client.setup_continuous_training(dep_name, trigger_threshold=options.trigger_threshold,
+                                              drift_threshold=options.drift_threshold,
+                                              performance_decay_threshold=options.performance_decay_threshold,
+                                              cooldown_seconds=options.cooldown_seconds)
+    record = settings_client.setup_continuous_deployment(dep_name, promotion_threshold=options.promotion_threshold,
+                                                         min_samples=options.promotion_min_samples,
+                                                         significance_level=options.significance_level,
+                                                         rollback_margin=options.rollback_margin)
+    loop_settings = {k: record.get(k) for k in LOOP_SETTINGS_SHOWN if k in record}
+    ctx.say(f"deployment {dep_name!r} settings: " + ", ".join(f"{k}={v}" for k, v in loop_settings.items()))
+    return loop_settings
+
+
+def _bootstrap(ctx: _RunContext, client):
+    """Deployment settings, the processors worker launched (not waited for), the initial champion
+    trained and registered, and its frozen predictions on the whole scenario. Returns (processors,
+    loop settings, frozen predictor, frozen labels per sample); on failure stops what it started
+    (and closes ``client``) and re-raises."""
+    from trainers.artifacts import ArtifactStore
+    from trainers.bootstrap import register_initial_model
+    from trainers.models import load_predictor
+
+    processors = None
+    try:  # until the ExitStack of _run owns the client
+        loop_settings = _configure_deployment(ctx, client)
         # the worker starts (tens of seconds on a busy machine) while the initial model trains
-        processors = ProcessorsProcess(settings, run_dir).launch()
-
-        from trainers.artifacts import ArtifactStore
-        from trainers.bootstrap import register_initial_model
-        from trainers.models import load_predictor
-
-        x0, y0 = scenario.initial
-        initial = register_initial_model(settings, dep_name, x0, y0, model_name=f"{dep_name}-model")
-        say(f"initial champion {initial.version} trained on {len(x0)} examples of the first concept "
-            f"(holdout accuracy {initial.metrics.get('accuracy', float('nan')):.3f})")
-        frozen = load_predictor(initial, ArtifactStore(settings.resolved_artifact_store))
+        processors = ProcessorsProcess(ctx.settings, ctx.run_dir).launch()
+        x0, y0 = ctx.scenario.initial
+        initial = register_initial_model(ctx.settings, ctx.dep_name, x0, y0, model_name=f"{ctx.dep_name}-model")
+        ctx.say(f"initial champion {initial.version} trained on {len(x0)} examples of the first concept "
+                f"(holdout accuracy {initial.metrics.get('accuracy', float('nan')):.3f})")
+        frozen = load_predictor(initial, ArtifactStore(ctx.settings.resolved_artifact_store))
         frozen_labels = [o[0] if isinstance(o, tuple) else o
-                         for o in frozen.predict_batch([s.features for s in scenario.samples])]
+                         for o in frozen.predict_batch([s.features for s in ctx.scenario.samples])]
     except BaseException:
-        with contextlib.suppress(NameError):
+        if processors is not None:
             processors.stop()
         client.close(10)
         raise
+    return processors, loop_settings, frozen, frozen_labels
 
-    # the peers learn from the same delayed reviews: the reviewers' draws do not depend on what was
-    # served, so a second Reviewers with the same seed schedules exactly the reviews the loop gets
-    def new_reviewers() -> Reviewers:
-        return Reviewers(fraction=options.review_fraction, min_delay=options.min_review_delay,
-                         max_delay=options.max_review_delay, seed=options.seed + 7)
 
-    scheduled = new_reviewers().schedule(scenario.samples)
-    peers_future = None
-    pool = None
-    if options.peers:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
+def _new_reviewers(options: DemoOptions) -> Reviewers:
+    """The reviewers of the run (seeded by ``options.seed``: two of them schedule the same reviews)."""
+    return Reviewers(fraction=options.review_fraction, min_delay=options.min_review_delay,
+                     max_delay=options.max_review_delay, seed=options.seed + 7)
 
-        pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_lower_priority)
-        peers_future = pool.submit(compute_peers, scenario.samples, scheduled, scenario.initial, frozen_labels)
-        say(f"peers ({', '.join(PEERS)}) computing on the same events in a low-priority subprocess")
 
-    samples: list[Sample] = []
-    prediction_ids: list[str] = []
-    reviews = []
-    with contextlib.ExitStack() as cleanup:  # stops, in reverse: serving, SDK, trainers, monitor, processors
-        trainers: list[TrainerThread] = []
+def _start_peers(ctx: _RunContext, scheduled: list, frozen_labels: list):
+    """Submit the peers' prequential runs to a low-priority subprocess; (None, None) without peers,
+    else (the pool, the future of ``compute_peers``)."""
+    if not ctx.options.peers:
+        return None, None
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
 
-        def stop_trainers() -> None:
-            for t in trainers:
-                if not t.stop(90):
-                    problems.append(f"{t.trainer_id} did not stop within 90s")
+    pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_lower_priority)
+    future = pool.submit(compute_peers, ctx.scenario.samples, scheduled, ctx.scenario.initial, frozen_labels)
+    ctx.say(f"peers ({', '.join(PEERS)}) computing on the same events in a low-priority subprocess")
+    return pool, future
 
-        cleanup.callback(processors.stop)
-        processors.wait_ready()
-        say(f"processors worker pid {processors.proc.pid} ready (log {processors.log_path})")
-        monitor = LoopMonitor(settings, dep_name)
-        cleanup.callback(monitor.stop)
-        monitor.start()
-        cleanup.callback(stop_trainers)
-        cleanup.callback(client.close, 30)
-        on_ready = lambda trainer_id: say(f"{trainer_id}: trigger partitions assigned")  # noqa: E731
-        faulty = TrainerThread(settings, "trainer-faulty", label_noise=options.label_noise, on_ready=on_ready,
-                               metrics=metrics).start()
-        trainers.append(faulty)
-        say(f"faulty trainer started (label noise {options.label_noise}); it takes the fault-injection trigger "
-            f"(event {options.fault_at})")
-        trainer: TrainerThread | None = None
 
-        def start_regular() -> TrainerThread:
-            # hand over: the faulty trainer leaves the group before the regular one joins (a member
-            # that joins while another leaves was seen waiting for its partitions for over 30 s)
-            if not faulty.stop(120):
-                problems.append("the faulty trainer did not stop within 120s")
-            if faulty.error is not None:
-                problems.append(f"faulty trainer crashed: {faulty.error!r}")
-            regular = TrainerThread(settings, "trainer-1", on_ready=on_ready, metrics=metrics).start()
-            trainers.append(regular)
-            say("regular trainer started")
-            return regular
+def _start_loop(ctx: _RunContext, cleanup: contextlib.ExitStack, processors: ProcessorsProcess, client) -> _Loop:
+    """Wait for the processors worker, start the monitor, the faulty trainer and the serving app,
+    each registered on ``cleanup`` (stopped in reverse order)."""
+    from streams.serving import Deployment
 
-        from streams.serving import Deployment
+    trainers: list[TrainerThread] = []
+    cleanup.callback(processors.stop)
+    processors.wait_ready()
+    ctx.say(f"processors worker pid {processors.proc.pid} ready (log {processors.log_path})")
+    monitor = LoopMonitor(ctx.settings, ctx.dep_name)
+    cleanup.callback(monitor.stop)
+    monitor.start()
+    cleanup.callback(_stop_trainers, ctx, trainers)
+    cleanup.callback(client.close, 30)
+    on_ready = lambda trainer_id: ctx.say(f"{trainer_id}: trigger partitions assigned")  # noqa: E731
+    faulty = TrainerThread(ctx.settings, FAULTY_TRAINER, label_noise=ctx.options.label_noise, on_ready=on_ready,
+                           metrics=ctx.metrics).start()
+    trainers.append(faulty)
+    ctx.say(f"faulty trainer started (label noise {ctx.options.label_noise}); it takes the fault-injection trigger "
+            f"(event {ctx.options.fault_at})")
+    reviewers = _new_reviewers(ctx.options)
+    deployment = Deployment(ctx.settings, ctx.dep_name, client=client, metrics=ctx.metrics)
+    cleanup.callback(deployment.close)
+    deployment.start(timeout_s=60)
+    ctx.say(f"serving app started: primary {deployment.primary_version}; streaming at "
+            f"{ctx.options.rate:g} events/s, reviewers label {ctx.options.review_fraction:.0%} after "
+            f"{ctx.options.min_review_delay}-{ctx.options.max_review_delay} events")
+    return _Loop(processors, monitor, client, deployment, reviewers, faulty, trainers, on_ready)
 
-        reviewers = new_reviewers()
-        recent = deque(maxlen=500)
-        deployment = Deployment(settings, dep_name, client=client, metrics=metrics)
-        cleanup.callback(deployment.close)
-        deployment.start(timeout_s=60)
-        say(f"serving app started: primary {deployment.primary_version}; streaming at "
-            f"{options.rate:g} events/s, reviewers label {options.review_fraction:.0%} after "
-            f"{options.min_review_delay}-{options.max_review_delay} events")
 
-        from streams import catalog as ev
+def _stop_trainers(ctx: _RunContext, trainers: list[TrainerThread]) -> None:
+    for t in trainers:
+        if not t.stop(90):
+            ctx.problems.append(f"{t.trainer_id} did not stop within 90s")
 
-        state = {"phase": 0, "fault_tries": 0, "faulty_runs": 0, "retry_at": None, "fault_done": False,
-                 "promoted": set()}
-        deadline = started + options.timeout_s
-        clock = _Clock(options.rate)
-        last_progress = time.monotonic()
 
-        def faulty_outcome() -> str | None:
-            """Outcome of the faulty trainer's latest run: None (no run yet), running, failed, registered
-            (passed the gate: now in shadow) or rejected."""
-            started_runs = [v["run_id"] for v in monitor.of(ev.TRAINING_RUN_STARTED) if v.get("trainer_id") == "trainer-faulty"]
-            state["faulty_runs"] = len(started_runs)
-            if not started_runs:
-                return None
-            runs = {started_runs[-1]}
-            if any(v.get("run_id") in runs for v in monitor.of(ev.CANDIDATE_REJECTED)):
-                return "rejected"
-            if any(v.get("run_id") in runs for v in monitor.of(ev.TRAINING_RUN_FAILED)):
-                return "failed"
-            if any(v.get("run_id") in runs for v in monitor.of(ev.MODEL_REGISTERED)):
-                return "registered"
-            return "running"
+def _start_regular(ctx: _RunContext, loop: _Loop) -> TrainerThread:
+    """Hand over: the faulty trainer leaves the group before the regular one joins (a member that
+    joins while another leaves was seen waiting for its partitions for over 30 s)."""
+    if not loop.faulty.stop(120):
+        ctx.problems.append("the faulty trainer did not stop within 120s")
+    if loop.faulty.error is not None:
+        ctx.problems.append(f"faulty trainer crashed: {loop.faulty.error!r}")
+    regular = TrainerThread(ctx.settings, REGULAR_TRAINER, on_ready=loop.on_ready, metrics=ctx.metrics).start()
+    loop.trainers.append(regular)
+    ctx.say("regular trainer started")
+    return regular
 
-        def fault_injection(position: int) -> None:
-            outcome = faulty_outcome()
-            if outcome == "rejected":
-                say("the bad candidate (trained on noisy labels) was rejected")
-                state["fault_done"] = True
-            elif outcome == "registered":
-                faulty.request_stop()  # its candidate is in shadow: the regular trainer takes over
-            elif outcome == "failed" and state["fault_tries"] >= 3:
-                problems.append("the faulty trainer's runs failed 3 times: no bad candidate to reject")
-                state["fault_done"] = True
-            elif outcome == "failed" and state["retry_at"] is None and state["faulty_runs"] >= state["fault_tries"]:
-                state["retry_at"] = position + 300
-                say("the faulty run failed (too little data?); another trigger follows")
-            # the first try waits (from fault_at on) until the snapshot can hold enough labeled examples,
-            # at the latest until its cooldown would reach the first drift
-            latest = (drift_points[0] if drift_points else len(scenario)) - options.cooldown_seconds * options.rate - 300
-            enough = monitor.added_to_training >= options.min_training_examples or position >= latest
-            if ((outcome is None and state["fault_tries"] == 0 and position >= options.fault_at and enough)
-                    or (outcome == "failed" and state["retry_at"] is not None and position >= state["retry_at"]
-                        and state["fault_tries"] < 3)):
-                from processors.snapshot import publish_manual_trigger
 
-                publish_manual_trigger(settings, dep_name, requested_by="demo (fault injection)")
-                state["fault_tries"] += 1
-                state["retry_at"] = None
-                say(f"fault injection at event {position}: manual trigger published; the faulty trainer takes it")
-            if state["fault_done"]:
-                faulty.request_stop()
+def _apply(ctx: _RunContext, loop: _Loop, effects: list[Effect]) -> bool:
+    """Carry out the phase machine's ``effects`` in order; True when streaming must stop."""
+    stop = False
+    for effect in effects:
+        if effect.action is Action.SAY:
+            ctx.say(effect.text)
+        elif effect.action is Action.PROBLEM:
+            ctx.problems.append(effect.text)
+        elif effect.action is Action.PUBLISH_FAULT_TRIGGER:
+            from processors.snapshot import publish_manual_trigger
 
-        def note_promotions(position: int) -> None:
-            for p in monitor.of(ev.MODEL_PROMOTED):
-                if p.get("decided_by") == "policy" and p["model_version"] not in state["promoted"]:
-                    state["promoted"].add(p["model_version"])
-                    since = f", {position - drift_points[state['phase'] - 1]} events after drift {state['phase']}" \
-                        if state["phase"] > 0 else ""
-                    say(f"the policy promoted {p['model_version']} (event {position}{since})")
+            publish_manual_trigger(ctx.settings, ctx.dep_name, requested_by="demo (fault injection)")
+        elif effect.action is Action.STOP_FAULTY:
+            loop.faulty.request_stop()
+        elif effect.action is Action.START_REGULAR:
+            loop.regular = _start_regular(ctx, loop)
+        elif effect.action is Action.STOP_STREAMING:
+            stop = True
+    return stop
 
-        try:
-            for sample in scenario.samples:
-                position = sample.index
-                now = time.monotonic()
-                if now > deadline:
-                    problems.append(f"streaming stopped at the deadline ({options.timeout_s:.0f}s) at event {position}")
-                    break
-                if not processors.alive():
-                    problems.append(f"processor worker died (exit {processors.proc.returncode}); log {processors.log_path}:\n"
-                                    f"{processors.crash_excerpt()}")
-                    break
-                # phase control --------------------------------------------------------------------
-                if not state["fault_done"]:
-                    fault_injection(position)
-                if trainer is None and not faulty.alive():
-                    trainer = start_regular()
-                if state["phase"] < len(drift_points) and position == drift_points[state["phase"]]:
-                    if trainer is None:
-                        trainer = start_regular()
-                    state["phase"] += 1
-                    say(f"DRIFT {state['phase']} at event {position}: concept {scenario.concepts[sample.concept]}")
-                # serve one event ---------------------------------------------------------------------
-                p = deployment.predict(sample.features)
-                samples.append(sample)
-                prediction_ids.append(p.prediction_id)
-                recent.append(p.label == sample.label)
-                review = reviewers.observe(sample, p.label, p.prediction_id)
-                if review is not None:
-                    reviews.append(review)
-                for r in reviewers.due(sample.index):
-                    client.log_feedback(r.prediction_id, dep_name, label=r.label, feedback_type=r.feedback_type,
-                                        verdict=r.verdict, reviewer=r.reviewer)
-                clock.tick()
-                if now - last_progress >= options.progress_interval_s:
-                    last_progress = now
-                    note_promotions(position)
-                    c = monitor.counts()
-                    say(f"events {len(samples):6d} | concept {scenario.concepts[sample.concept]} | acc(last 500) "
-                        f"{sum(recent) / max(1, len(recent)):.2f} | primary {deployment.primary_version} shadow "
-                        f"{deployment.shadow_version or '-'} | triggers {c['triggers']} runs {c['runs']} registered "
-                        f"{c['registered']} rejected {c['rejected']} promoted {c['promoted']} rolled back {c['rolled_back']}")
-            note_promotions(len(samples))
-        finally:
-            say(f"streaming done: {len(samples)} events, drift points {drift_points}; shutting down the loop")
-    if trainer is not None and trainer.error is not None:
-        problems.append(f"trainer crashed: {trainer.error!r}")
-    if [(r.sample_index, r.due_index, r.label) for r in reviews] != \
-            [(r.sample_index, r.due_index, r.label) for r in scheduled if r.sample_index < len(samples)]:
-        problems.append("the peers' review schedule differs from the reviews served (the comparison is not fair)")
 
-    # summary from the topics -------------------------------------------------------------------
-    events = LoopEvents.read(settings, timeout_s=60)
-    summary = summarise(events, dep_name)
-    served = {v["prediction_id"]: v.get("label") for t, v, *_ in events.predictions
-              if t == ev.PREDICTION_LOGGED and v.get("role") == "primary"}
-    served_labels = [served.get(pid) for pid in prediction_ids]
+def _stream(ctx: _RunContext, loop: _Loop, phases: DemoPhases) -> _Served:
+    """Serve the scenario's events at the options' rate while ``phases`` drives the loop: stops at
+    the deadline or when the processors worker dies (a problem each); prints a progress line every
+    ``progress_interval_s`` seconds."""
+    served = _Served()
+    loop.clock = _Clock(ctx.options.rate)
+    last_progress = time.monotonic()
+    try:
+        for sample in ctx.scenario.samples:
+            position = sample.index
+            now = time.monotonic()
+            if _apply(ctx, loop, phases.on_clock(position, now)):
+                break
+            if not loop.processors.alive():
+                proc = loop.processors
+                _apply(ctx, loop, phases.on_worker_exit(proc.proc.returncode, str(proc.log_path), proc.crash_excerpt()))
+                break
+            _phase_control(ctx, loop, phases, sample)
+            _serve(ctx, loop, sample, served)
+            if now - last_progress >= ctx.options.progress_interval_s:
+                last_progress = now
+                _apply(ctx, loop, phases.on_promotions(position, loop.monitor.policy_promotions()))
+                ctx.say(_progress_line(ctx, loop, sample, served))
+        _apply(ctx, loop, phases.on_promotions(len(served.samples), loop.monitor.policy_promotions()))
+    finally:
+        ctx.say(f"streaming done: {len(served.samples)} events, drift points {phases.drift_points}; "
+                "shutting down the loop")
+    return served
+
+
+def _phase_control(ctx: _RunContext, loop: _Loop, phases: DemoPhases, sample: Sample) -> None:
+    """Before serving ``sample``: the fault injection's progress, the trainers' hand-over, a drift."""
+    if phases.fault_pending:
+        outcome, runs = faulty_run_outcome(loop.monitor.snapshot(), FAULTY_TRAINER)
+        _apply(ctx, loop, phases.on_fault_progress(sample.index, outcome, runs, loop.monitor.added_to_training))
+    _apply(ctx, loop, phases.on_trainers(loop.faulty.alive()))
+    _apply(ctx, loop, phases.on_event(sample.index, sample.concept))
+
+
+def _serve(ctx: _RunContext, loop: _Loop, sample: Sample, served: _Served) -> None:
+    """Predict ``sample``, schedule its review, log the reviews due now, pace the stream."""
+    p = loop.deployment.predict(sample.features)
+    served.samples.append(sample)
+    served.prediction_ids.append(p.prediction_id)
+    served.recent.append(p.label == sample.label)
+    review = loop.reviewers.observe(sample, p.label, p.prediction_id)
+    if review is not None:
+        served.reviews.append(review)
+    for r in loop.reviewers.due(sample.index):
+        loop.client.log_feedback(r.prediction_id, ctx.dep_name, label=r.label, feedback_type=r.feedback_type,
+                                 verdict=r.verdict, reviewer=r.reviewer)
+    loop.clock.tick()
+
+
+def _progress_line(ctx: _RunContext, loop: _Loop, sample: Sample, served: _Served) -> str:
+    c = loop.monitor.counts()
+    concept = ctx.scenario.concepts[sample.concept]
+    return (f"events {len(served.samples):6d} | concept {concept} | acc(last 500) "
+            f"{sum(served.recent) / max(1, len(served.recent)):.2f} | primary {loop.deployment.primary_version} shadow "
+            f"{loop.deployment.shadow_version or '-'} | triggers {c['triggers']} runs {c['runs']} registered "
+            f"{c['registered']} rejected {c['rejected']} promoted {c['promoted']} rolled back {c['rolled_back']}")
+
+
+def _check_served(ctx: _RunContext, loop: _Loop, served: _Served, scheduled: list) -> None:
+    """Problems after streaming: the regular trainer crashed; the reviews served differ from those
+    scheduled for the peers (the comparison would not be fair)."""
+    if loop.regular is not None and loop.regular.error is not None:
+        ctx.problems.append(f"trainer crashed: {loop.regular.error!r}")
+    if [(r.sample_index, r.due_index, r.label) for r in served.reviews] != \
+            [(r.sample_index, r.due_index, r.label) for r in scheduled if r.sample_index < len(served.samples)]:
+        ctx.problems.append("the peers' review schedule differs from the reviews served (the comparison is not fair)")
+
+
+def _loop_figures(ctx: _RunContext, served: _Served) -> tuple[dict, list[bool], list]:
+    """The summary recomputed from the topics (with served accuracy and per-drift latencies), whether
+    the loop closed after each drift, and the label served for each sample (None: not on the topic)."""
+    from streams import catalog as ev
+
+    events = LoopEvents.read(ctx.settings, timeout_s=60)
+    summary = summarise(events, ctx.dep_name)
+    by_id = {v["prediction_id"]: v.get("label") for t, v, *_ in events.predictions
+             if t == ev.PREDICTION_LOGGED and v.get("role") == "primary"}
+    served_labels = [by_id.get(pid) for pid in served.prediction_ids]
     missing = sum(1 for s in served_labels if s is None)
     if missing:
-        problems.append(f"{missing} served predictions not found on the predictions topic")
-    served_points = [d for d in drift_points if d < len(samples)]
-    summary.update(_accuracy_summary(samples, served_labels, served_points))
-    summary["latency"].update(_drift_latencies(samples, prediction_ids, events, served_points, dep_name))
-    closed = _closed_per_drift(prediction_ids, events, drift_points, dep_name)
+        ctx.problems.append(f"{missing} served predictions not found on the predictions topic")
+    drift_points = list(ctx.scenario.known_drifts)
+    served_points = [d for d in drift_points if d < len(served.samples)]
+    summary.update(_accuracy_summary(served.samples, served_labels, served_points))
+    summary["latency"].update(_drift_latencies(served.samples, served.prediction_ids, events, served_points, ctx.dep_name))
+    closed = _closed_per_drift(served.prediction_ids, events, drift_points, ctx.dep_name)
     for k, ok in enumerate(closed, 1):
         if not ok:
-            problems.append(f"drift {k}: no model promoted by the policy before the "
-                            f"{'next drift' if k < len(drift_points) else 'end of the stream'}")
+            ctx.problems.append(f"drift {k}: no model promoted by the policy before the "
+                                f"{'next drift' if k < len(drift_points) else 'end of the stream'}")
+    return summary, closed, served_labels
 
-    comparison = None
+
+def _effectiveness(ctx: _RunContext, served: _Served, served_labels: list, pool, peers_future, frozen) -> Comparison | None:
+    """The prequential comparison on the served events (None, with a problem, when it fails); shuts
+    the peers' pool down."""
     try:
         peers = None
         if peers_future is not None:
-            say("waiting for the peers' prequential runs")
-            peers = {name: correct[:len(samples)] for name, correct in peers_future.result(timeout=600).items()}
-        comparison = compare(samples, served_points, reviews, frozen_predict_batch=frozen.predict_batch,
-                             served_labels=served_labels, peers=peers or {})
+            ctx.say("waiting for the peers' prequential runs")
+            peers = {name: correct[:len(served.samples)] for name, correct in peers_future.result(timeout=600).items()}
+        served_points = [d for d in ctx.scenario.known_drifts if d < len(served.samples)]
+        return compare(served.samples, served_points, served.reviews, frozen_predict_batch=frozen.predict_batch,
+                       served_labels=served_labels, peers=peers or {})
     except Exception as exc:  # noqa: BLE001 - the loop's figures stand without the comparison
         log.exception("effectiveness comparison failed")
-        problems.append(f"effectiveness comparison failed: {exc!r}")
+        ctx.problems.append(f"effectiveness comparison failed: {exc!r}")
+        return None
     finally:
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
 
-    report_path = None
-    if options.report:
-        try:
-            report_path = _sink_and_report(settings, run_dir, say, metrics)
-        except Exception as exc:  # noqa: BLE001
-            log.exception("sink/report failed")
-            problems.append(f"ClickHouse sink / report failed: {exc!r}")
-    import gc
 
-    gc.collect()  # drop clients of finished components before the embedded broker stops
-    return DemoResult(settings, options, summary, comparison, report_path, drift_points,
-                      time.monotonic() - started, problems, closed, loop_settings)
+def _report(ctx: _RunContext) -> Path | None:
+    """The ClickHouse sink and the HTML report (None, with a problem, when either fails)."""
+    try:
+        return _sink_and_report(ctx.settings, ctx.run_dir, ctx.say, ctx.metrics)
+    except Exception as exc:  # noqa: BLE001
+        log.exception("sink/report failed")
+        ctx.problems.append(f"ClickHouse sink / report failed: {exc!r}")
+        return None
 
 
 def _accuracy_summary(samples: list[Sample], served_labels: list, drift_points: list[int], width: int = 1000) -> dict:
