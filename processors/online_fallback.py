@@ -39,7 +39,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from processors.ownership import Ownership, forward_to_owners
-from processors.policies import mcnemar_pvalue
+from processors.policies import champion_collapse, mcnemar_pvalue
 from streams import catalog as ev
 from streams.fallback_fold import FallbackFold, online_version
 from streams.serde import new_event
@@ -115,11 +115,21 @@ class Switch:
 class FallbackPolicy:
     """Engage or retire the online fallback of a deployment from its settings, the fold and a tracker."""
 
-    def engage(self, config: dict, tracker: FallbackTracker, active: bool) -> Switch | None:
+    def engage(self, config: dict, tracker: FallbackTracker, active: bool,
+               champion_accuracy: float | None = None) -> Switch | None:
         """Engage when the fallback is off, the deployment's ``online_fallback`` names a learner,
-        continuous deployment is on, at least ``fast_promotion_min_samples`` (a floor of
-        MIN_PAIRS_FLOOR when 0) champion-served pairs are in the window, the learner's accuracy beats the
-        champion's by >= promotion_threshold and McNemar's p < significance_level. Else None."""
+        continuous deployment is on, at least ``need`` = ``fast_promotion_min_samples`` (a floor of
+        MIN_PAIRS_FLOOR when 0) champion-served pairs are in the window, and either
+
+        * **collapse**: on the last ``need`` pairs the champion has collapsed against
+          ``champion_accuracy`` (its registered holdout accuracy; :func:`processors.policies.champion_collapse`
+          with rollback_margin and significance_level) and the learner's accuracy on the same pairs beats
+          the champion's by >= promotion_threshold (an abrupt drift is served by the learner after a few
+          dozen post-change labels, not after enough discordant pairs to move a whole window); or
+        * **window**: over the whole window the learner's accuracy beats the champion's by >=
+          promotion_threshold and McNemar's p < significance_level.
+
+        Else None."""
         if active or not config.get("online_fallback") or not config.get("continuous_deployment_enabled"):
             return None
         e = tracker.evidence()
@@ -129,10 +139,14 @@ class FallbackPolicy:
             return None
         threshold = float(config.get("promotion_threshold", 0.05))
         alpha = float(config.get("significance_level", 0.05))
+        collapsed = self._collapse(config, tracker, need, champion_accuracy, threshold, alpha)
+        if collapsed is not None:
+            return collapsed
         diff = e["learner_accuracy"] - e["champion_accuracy"]
         if diff < threshold or e["mcnemar_pvalue"] >= alpha:
             return None
-        evidence = {"window": str(e["n"]), "min_pairs": str(need), "champion_version": str(tracker.champion),
+        evidence = {"rule": "window", "window": str(e["n"]), "min_pairs": str(need),
+                    "champion_version": str(tracker.champion),
                     "champion_accuracy": f"{e['champion_accuracy']:.6f}",
                     "learner_accuracy": f"{e['learner_accuracy']:.6f}", "difference": f"{diff:.6f}",
                     "champion_only": str(e["champion_only"]), "learner_only": str(e["learner_only"]),
@@ -141,6 +155,30 @@ class FallbackPolicy:
         return Switch(True, f"online learner accuracy {e['learner_accuracy']:.4f} beats champion {tracker.champion} "
                             f"{e['champion_accuracy']:.4f} by {diff:+.4f} (>= {threshold:g}), McNemar "
                             f"p={e['mcnemar_pvalue']:.3g} < {alpha:g} on the last {e['n']} labeled predictions",
+                      evidence)
+
+    @staticmethod
+    def _collapse(config: dict, tracker: FallbackTracker, need: int, champion_accuracy: float | None,
+                  threshold: float, alpha: float) -> Switch | None:
+        """The collapse clause of :meth:`engage` on the last ``need`` pairs, or None."""
+        recent = list(tracker.pairs)[-need:]
+        n = len(recent)
+        champ = sum(c for c, _ in recent) / n
+        learn = sum(x for _, x in recent) / n
+        margin = float(config.get("rollback_margin", 0.05))
+        collapsed, p = champion_collapse(champ, n, champion_accuracy, margin=margin, alpha=alpha)
+        if not collapsed or learn - champ < threshold:
+            return None
+        evidence = {"rule": "collapse", "window": str(n), "min_pairs": str(need),
+                    "champion_version": str(tracker.champion), "champion_accuracy": f"{champ:.6f}",
+                    "champion_registered_accuracy": f"{float(champion_accuracy):.6f}",
+                    "champion_collapse_pvalue": f"{p:.6g}", "rollback_margin": f"{margin:g}",
+                    "learner_accuracy": f"{learn:.6f}", "difference": f"{learn - champ:.6f}",
+                    "threshold": f"{threshold:g}", "significance_level": f"{alpha:g}",
+                    "learner_examples": str(tracker.examples)}
+        return Switch(True, f"champion {tracker.champion} collapsed: accuracy {champ:.4f} on the last {n} labeled "
+                            f"predictions vs {float(champion_accuracy):.4f} registered (binomial p={p:.3g} < {alpha:g}); "
+                            f"the online learner had {learn:.4f} on them ({learn - champ:+.4f} >= {threshold:g})",
                       evidence)
 
     def retire(self, config: dict, active: bool, tracker: FallbackTracker | None = None,
@@ -301,6 +339,13 @@ def register(app, ctx) -> None:
             mv = registry.champion(dep)
         return mv.version if mv is not None else None
 
+    def champion_accuracy_of(dep: str) -> float | None:
+        """The champion's registered holdout accuracy (ModelRegistered metrics), None when unknown."""
+        with lock:
+            mv = registry.champion(dep)
+        raw = (mv.metrics or {}).get("accuracy") if mv is not None else None
+        return float(raw) if raw is not None else None
+
     @app.agent(ctx.faust_topics["labeled-examples"], name=f"{COMPONENT}.forward")
     async def forward(stream):
         """labeled-examples (any partition) -> fallback-examples, keyed by deployment."""
@@ -417,7 +462,7 @@ def register(app, ctx) -> None:
                     state = fold.state(dep)
                 if active:
                     tracker.pairs.clear()   # a later engagement is judged on champion-served pairs after this one
-                switch = policy.engage(config, tracker, active) or \
+                switch = policy.engage(config, tracker, active, champion_accuracy_of(dep)) or \
                     policy.retire(config, active, tracker, state.evidence if state is not None else None)
                 if switch is not None:
                     try:

@@ -29,6 +29,22 @@ def mcnemar_pvalue(primary_only: int, shadow_only: int) -> float:
     return float(binomtest(shadow_only, n, 0.5).pvalue)
 
 
+def champion_collapse(accuracy: float, n: int, registered_accuracy: float | None, *, margin: float,
+                      alpha: float) -> tuple[bool, float | None]:
+    """Whether a champion has **collapsed**: its ``accuracy`` on ``n`` recent labeled predictions is at
+    least ``margin`` below ``registered_accuracy`` (its ModelRegistered holdout accuracy, in (0, 1]) and
+    a one-sided exact binomial test rejects H0 "live accuracy >= registered accuracy" at ``alpha``
+    (scipy.stats.binomtest, alternative "less", on round(accuracy * n) successes).
+
+    Returns (collapsed, p-value); (False, None) when the registered accuracy is unknown or outside
+    (0, 1]. Used by the shadow fast path (PromotionPolicy) and the online fallback's engagement."""
+    if registered_accuracy is None or not 0.0 < float(registered_accuracy) <= 1.0:
+        return False, None
+    reference = min(max(float(registered_accuracy), 1e-9), 1 - 1e-9)
+    p = float(binomtest(round(accuracy * n), n, reference, alternative="less").pvalue) if n else 1.0
+    return accuracy <= float(registered_accuracy) - margin and p < alpha, p
+
+
 def classification_metrics(confusion: dict[tuple[str, str], int]) -> dict[str, float]:
     """accuracy and macro precision / recall / F1 from {(true, predicted): count}. Classes are those
     seen as a true or predicted label; a class never predicted has precision 0 (likewise recall)."""
@@ -499,17 +515,12 @@ class PromotionPolicy:
                 "shadow_accuracy": f"{float(comparison['shadow_metrics'].get('accuracy', 0.0)):.6f}"}
 
     def collapse(self, config: dict, comparison: dict, champion_accuracy: float | None) -> tuple[bool, float | None]:
-        """(collapsed, one-sided binomial p) of the champion (the comparison's primary): its accuracy on the
-        labeled pairs is at least ``rollback_margin`` below ``champion_accuracy`` (its registered holdout
-        accuracy) and significantly so (p < significance_level). (False, None) when the accuracy is unknown."""
-        if champion_accuracy is None or not 0.0 < float(champion_accuracy) <= 1.0:
-            return False, None
-        n = int(comparison["labeled_samples"])
-        acc = float(comparison["primary_metrics"].get("accuracy", 0.0))
-        reference = min(max(float(champion_accuracy), 1e-9), 1 - 1e-9)
-        p = float(binomtest(round(acc * n), n, reference, alternative="less").pvalue) if n else 1.0
-        margin = float(config.get("rollback_margin", 0.05))
-        return acc <= champion_accuracy - margin and p < float(config.get("significance_level", 0.05)), p
+        """(collapsed, one-sided binomial p) of the champion (the comparison's primary) on the labeled
+        pairs: :func:`champion_collapse` with the deployment's rollback_margin and significance_level."""
+        return champion_collapse(float(comparison["primary_metrics"].get("accuracy", 0.0)),
+                                 int(comparison["labeled_samples"]), champion_accuracy,
+                                 margin=float(config.get("rollback_margin", 0.05)),
+                                 alpha=float(config.get("significance_level", 0.05)))
 
     def _early(self, config: dict, comparison: dict, champion_accuracy: float | None, record: bool) -> Decision | None:
         """An early look (fast path) on fewer than min_samples labeled pairs, or None (wait)."""

@@ -26,7 +26,11 @@ model's errors) and keeps the change point: the champion changed, the concept di
 automatic trigger once a change point is known) fire only when ``min_post_change_labels`` examples
 followed the change point, then again each time that count doubles (200, 400, 800, ...) while the
 reason still holds (decay evidence, or the drift stage still detecting drift against its reference,
-which it resets after a promotion). 0 turns the wait off.
+which it resets after a promotion). 0 turns the wait off. **Window growth**: with since_change windows,
+once a trigger fired on a change point, the triggers stage retrains again each time the post-change
+count doubles, as long as the doubled window fits under ``training_window_labels``, even when the
+reason no longer holds (a recovered champion trained on 200 labels is not the best model 1,600 labels
+later): :meth:`LabelWindow.growth_due`.
 
 Windows (:meth:`LabelWindow.snapshot`), per labeled-examples partition ``[start_offset, end_offset)``:
 ``all``: from 0; ``sliding``: from the first of the deployment's last ``training_window_labels`` examples
@@ -188,6 +192,26 @@ class LabelWindow:
             return None
         due = max(cp.next_due if doubling else 0, min_post_change_labels)
         return None if cp.post_change_labels >= due else due - cp.post_change_labels
+
+    def growth_due(self, cap: int) -> dict | None:
+        """Evidence of a **window-growth** retrain, or None: after a trigger fired on the current change
+        point, its since_change window has doubled (post_change_labels >= next_due) and the doubled window
+        still fits under ``cap`` (the deployment's training_window_labels; 0: no cap), whether or not the
+        signal that found the change still holds. A model trained on 200 post-change labels serves until
+        one trained on 400, 800, 1,600 replaces it (each through the gate and the shadow comparison)."""
+        cp = self.change
+        if cp is None or cp.fired == 0 or cp.next_due <= 0 or cp.post_change_labels < cp.next_due:
+            return None
+        if cap > 0 and cp.next_due > cap:
+            return None
+        return {"window_growth": f"{cp.post_change_labels} post-change labels >= {cp.next_due} "
+                                 f"(the window doubled since trigger {cp.fired} on this change point)",
+                "change_point_signal": cp.signal}
+
+    def growth_reason(self) -> str:
+        """The trigger reason a window-growth retrain carries: the signal that found its change point
+        (drift for a drift signal, performance_decay for an ADWIN cut or a decay window)."""
+        return "drift" if self.change is not None and self.change.signal == "drift" else "performance_decay"
 
     def fired(self, min_post_change_labels: int) -> None:
         """A trigger fired with the current change point: the next one waits until the count doubles."""

@@ -330,6 +330,18 @@ def register(app, ctx) -> None:
             for dep, (reason, evidence) in wanted.items():
                 await try_fire(dep, reason, evidence)
 
+    def window_growth(dep: str, s: dict) -> tuple[str, str, dict | None]:
+        """(deployment, reason, evidence or None) of a window-growth retrain (LabelWindow.growth_due):
+        since_change windows only, with the change point's signal as the reason."""
+        kind, cap, _, min_post = window_settings(s)
+        if kind != "since_change" or min_post <= 0:
+            return dep, "drift", None
+        with lock:
+            w = label_window(dep)
+            evidence = w.growth_due(cap)
+            reason = w.growth_reason()
+        return dep, reason, evidence
+
     @app.timer(0.5)
     async def scheduled():
         """Schedules, and policies that were held back (outstanding trigger, cooldown) and still hold
@@ -347,5 +359,6 @@ def register(app, ctx) -> None:
                     evidence = tracker(dep).decay(float(s["performance_decay_threshold"]))
                 await try_fire(dep, "performance_decay", evidence)
                 await try_fire(dep, "drift", pending_drift(dep))
+                await try_fire(*window_growth(dep, s))
             if s["schedule_seconds"] > 0:
                 await try_fire(dep, "schedule", policy.schedule(dep, s, now))

@@ -112,6 +112,38 @@ def test_engages_when_the_learner_is_significantly_better_than_a_collapsed_champ
     assert (record["model_version"], record["expected_decision"], record["active"]) == ("online:hat", "x", True)
 
 
+def test_a_collapsed_champion_hands_over_after_the_minimum_of_post_change_pairs():
+    """Abrupt drift: 170 good pairs, then the champion collapses. The whole-window rule needs the learner
+    ahead by 5 points over 200 pairs with McNemar's p < 0.05; the collapse rule (champion significantly
+    below its registered accuracy on the last 30 pairs, learner ahead on them) engages far sooner. A
+    champion with no registered accuracy, or one not below it by rollback_margin, is judged by the window."""
+    config = {**CONFIG, "rollback_margin": 0.1}
+    tracker = FallbackTracker("hat", window=200)
+    feed(tracker, 600, lambda r: r.random() < 0.97)           # the learner learns the rule; the champion is good
+    policy = FallbackPolicy()
+    engaged_at = None
+    rnd = random.Random(5)
+    for k in range(1, 200):
+        x = {"x": rnd.random(), "y": rnd.random()}
+        label = rule(x)
+        tracker.add(x, label, "b" if label == "a" else "a", "v1", "primary", "v1")   # collapsed: always wrong
+        window_only = policy.engage(config, tracker, active=False)
+        decision = policy.engage(config, tracker, active=False, champion_accuracy=0.96)
+        if window_only is not None:
+            assert decision is not None                        # the collapse rule never engages later
+        if decision is not None and engaged_at is None:
+            engaged_at, first = k, decision
+            assert window_only is None                         # the window rule alone would still wait here
+    assert engaged_at is not None and engaged_at <= 15
+    assert first.evidence["rule"] == "collapse" and first.evidence["window"] == "30"
+    assert float(first.evidence["champion_collapse_pvalue"]) < 0.05
+    assert first.evidence["champion_registered_accuracy"] == "0.960000" and "collapsed" in first.reason
+    good = FallbackTracker("hat", window=200)
+    feed(good, 400, lambda r: r.random() < 0.97)
+    assert policy.engage(config, good, active=False, champion_accuracy=0.96) is None
+    assert policy.engage(config, good, active=False, champion_accuracy=None) is None
+
+
 def test_does_not_engage_on_noise_without_continuous_deployment_or_when_already_active():
     tracker = FallbackTracker("hat", window=200)
     feed(tracker, 400, lambda r: r.random() < 0.97)          # a good champion: the learner is not better

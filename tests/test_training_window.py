@@ -145,3 +145,31 @@ def test_offsets_text_round_trip_and_error_names_the_field():
     assert text == "0:5,1:2" and parse_offsets(text) == {0: 5, 1: 2}
     with pytest.raises(ValueError, match="change_point_offsets"):
         parse_offsets("0-5")
+
+
+def test_window_growth_retrains_as_the_post_change_window_doubles_up_to_the_cap():
+    """After a trigger on a change point, a retrain is due at 400, 800, 1,600 post-change labels (the reason
+    need not hold any more), never before the first trigger, and not once the doubled window passes the cap."""
+    w = LabelWindow(min_post_change_labels=200)
+    _feed(w, 100)
+    w.signal(101, "adwin", "test")
+    _feed(w, 250, start=100)
+    assert w.growth_due(2000) is None                      # no trigger fired on this change point yet
+    w.fired(200)                                           # fired at 250 post-change labels: next at 400
+    assert w.change.next_due == 400 and w.growth_due(2000) is None
+    _feed(w, 150, start=350)                               # 400 post-change labels
+    due = w.growth_due(2000)
+    assert due is not None and due["change_point_signal"] == "adwin" and "400" in due["window_growth"]
+    assert w.growth_reason() == "performance_decay"
+    w.fired(200)
+    assert w.change.next_due == 800 and w.growth_due(2000) is None
+    _feed(w, 400, start=500)
+    assert w.growth_due(2000) is not None and w.growth_due(600) is None     # 800 > a cap of 600: no more
+    w.fired(200)
+    _feed(w, 800, start=900)                               # 1,600 post-change labels
+    assert w.growth_due(2000) is not None and w.growth_due(0) is not None   # 0: no cap
+    w.fired(200)                                           # next at 3,200 > 2,000: the window stopped growing
+    _feed(w, 1600, start=1700)
+    assert w.growth_due(2000) is None
+    w.signal(3400, "drift", "a new change")
+    assert w.growth_reason() == "drift" and w.growth_due(2000) is None     # no trigger on the new one yet
