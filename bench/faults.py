@@ -62,7 +62,7 @@ from infra.settings import Settings  # noqa: E402
 from infra.stack import kafka_stack  # noqa: E402
 from streams import catalog as ev  # noqa: E402
 from streams.consumer import end_offsets  # noqa: E402
-from streams.kafka_config import client_config  # noqa: E402
+from streams.kafka_config import client_config, producer_config  # noqa: E402
 from streams.sdk import CtloopClient  # noqa: E402
 from streams.topics import Topics, ensure_topics  # noqa: E402
 
@@ -274,7 +274,7 @@ def _publish(settings, topic: str, records: list[tuple[str, dict]], key_field: s
     from streams.serde import Serde
 
     serde = Serde.from_settings(settings)
-    producer = Producer(settings.producer_config())
+    producer = Producer(producer_config(settings))
     ends: dict[int, int] = {}
 
     def delivered(err, msg):

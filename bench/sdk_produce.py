@@ -6,7 +6,7 @@
 
 Uses CTLOOP_BOOTSTRAP_SERVERS when set, else starts the embedded broker. Both sides produce
 20-feature predictions to the same topic with the same producer configuration
-(``Settings.producer_config()``); the raw side produces pre-encoded bytes of the same size with
+(``streams.kafka_config.producer_config``); the raw side produces pre-encoded bytes of the same size with
 pre-made keys, so the ratio is the SDK's own per-event cost (validation, ids, encoding). The SDK is
 measured with its C encoder (streams/_speedups.c, when built) and with the pure-Python encoders
 (``sdk_speedups=False``). Also prints fastavro single-record encode/decode rates next to the compiled
@@ -59,7 +59,9 @@ def _raw_rate(settings, topic: str, value: bytes, n: int) -> tuple[float, float]
     """(events/s until all delivered, events/s of the produce calls alone)."""
     from confluent_kafka import Producer
 
-    producer = Producer(settings.producer_config())
+    from streams.kafka_config import producer_config
+
+    producer = Producer(producer_config(settings))
     keys = [str(uuid.uuid4()) for _ in range(n)]
     produce, poll = producer.produce, producer.poll
     produce(topic, value, "warm-up")

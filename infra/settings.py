@@ -12,6 +12,21 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Mapping
 
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+"""Values of ``CTLOOP_SECURITY_PROTOCOL`` (Kafka's names, the same in librdkafka and aiokafka)."""
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+"""Values of ``CTLOOP_SASL_MECHANISM``."""
+
+
+def uses_tls(protocol: str) -> bool:
+    """Whether ``protocol`` (a :data:`SECURITY_PROTOCOLS` value) encrypts the connection with TLS."""
+    return protocol in ("SSL", "SASL_SSL")
+
+
+def uses_sasl(protocol: str) -> bool:
+    """Whether ``protocol`` (a :data:`SECURITY_PROTOCOLS` value) authenticates with SASL."""
+    return protocol in ("SASL_PLAINTEXT", "SASL_SSL")
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -224,45 +239,6 @@ class Settings:
         consumer_max_fetch_size): at least max_message_bytes, and at least 1 MiB (the clients' default)."""
         return max(1024 * 1024, self.max_message_bytes)
 
-    def consumer_config(self, group_id: str, **extra) -> dict:
-        """librdkafka consumer configuration tuned for quick group joins, manual commits."""
-        from streams.kafka_config import client_config
-
-        config = client_config(self, {
-            "group.id": group_id,
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "session.timeout.ms": self.session_timeout_ms,
-            "heartbeat.interval.ms": self.heartbeat_interval_ms,
-            "topic.metadata.refresh.interval.ms": 2000,
-            "log.connection.close": False,
-            "max.partition.fetch.bytes": self.fetch_max_partition_bytes,
-        })
-        if self.fetch_max_partition_bytes > 50 * 1024 * 1024:  # above librdkafka's fetch.max.bytes default
-            config["fetch.max.bytes"] = self.fetch_max_partition_bytes
-            config["receive.message.max.bytes"] = max(100_000_000, self.fetch_max_partition_bytes + 512)
-        config.update(extra)
-        return config
-
-    def producer_config(self, **extra) -> dict:
-        """librdkafka producer configuration (acks=all, the record-size limit) on top of
-        :func:`streams.kafka_config.client_config`; ``extra`` last."""
-        from streams.kafka_config import client_config
-
-        config = client_config(self, {
-            "linger.ms": self.producer_linger_ms,
-            "queue.buffering.max.messages": self.producer_queue_max_messages,
-            "enable.idempotence": False,
-            "acks": "all",
-            "partitioner": self.producer_partitioner,
-            "log.connection.close": False,
-            "message.max.bytes": self.max_message_bytes,
-            "message.timeout.ms": self.producer_delivery_timeout_ms,
-        })
-        config.update(extra)
-        return config
-
 
 SECRET_FIELDS = tuple(f.name for f in fields(Settings) if f.metadata.get("secret"))
 MASK = "***"
@@ -276,8 +252,6 @@ def _shown(settings: Settings, f: dataclasses.Field):
 
 def _validate_kafka_security(s: Settings) -> None:
     """Check the Kafka security fields; ValueError naming the variable (never showing a secret)."""
-    from streams.kafka_config import SASL_MECHANISMS, SECURITY_PROTOCOLS, uses_sasl, uses_tls
-
     protocol = s.security_protocol.strip().upper()
     if protocol not in SECURITY_PROTOCOLS:
         raise ValueError(f"CTLOOP_SECURITY_PROTOCOL={s.security_protocol!r} is not one of {', '.join(SECURITY_PROTOCOLS)}")

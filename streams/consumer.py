@@ -15,7 +15,7 @@ from typing import Callable, Iterable
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from streams.dead_letters import RECORD_TOO_LARGE, Rejected, decode_checked, publish_dead_letter, replay_of_header
-from streams.kafka_config import client_config
+from streams.kafka_config import client_config, consumer_config
 from streams.producer import EventProducer
 from streams.record_size import RecordTooLarge
 from streams.serde import DecodeError, Serde
@@ -58,7 +58,7 @@ class EventConsumer:
         self.validate = validate
         self._owns_producer = dlq_producer is None
         self.dlq = dlq_producer or EventProducer(settings, self.serde)
-        self._consumer = Consumer(settings.consumer_config(group_id, **config))
+        self._consumer = Consumer(consumer_config(settings, group_id, **config))
         self._consumer.subscribe(self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke)
         self._pending: dict[tuple[str, int], int] = {}
         self.assignment: list[TopicPartition] = []

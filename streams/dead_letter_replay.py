@@ -54,7 +54,7 @@ from confluent_kafka import Producer
 from streams import catalog as ev
 from streams.consumer import read_messages_to_end
 from streams.dead_letters import REPLAY_OF_HEADER as REPLAY_HEADER
-from streams.kafka_config import client_config
+from streams.kafka_config import client_config, producer_config
 from streams.serde import DecodeError, Serde
 from streams.topics import Topics, create_topics
 
@@ -257,7 +257,7 @@ def replay_dead_letters(settings, *, source_topic: str | None = None, error_type
     ledger = ledger_topic(settings)
     ensure_ledger_topic(settings, timeout_s)
     # a plain producer with delivery reports for every record: where each replay landed goes in the ledger
-    producer = Producer(settings.producer_config())
+    producer = Producer(producer_config(settings))
     claim_errors: list = []
     for dl, _item, over in candidates:
         claim = {"claim": dl.ledger_key, "run": run, "over": over, "time_ms": int(time.time() * 1000), "by": by}

@@ -3,7 +3,8 @@
 Every Kafka client ctloop makes goes through this module, so that bootstrap servers, TLS and SASL are
 set in one place (the ``CTLOOP_*`` settings) and no client bypasses them:
 
-* confluent-kafka / librdkafka (every Producer, Consumer and AdminClient): :func:`client_config`;
+* confluent-kafka / librdkafka (every Producer, Consumer and AdminClient): :func:`client_config`, and on
+  top of it :func:`consumer_config` (group consumers) and :func:`producer_config` (producers);
 * faust / aiokafka (the processors' worker): :func:`faust_broker_options` (``broker``,
   ``broker_client_id`` and ``broker_credentials``, with an :class:`ssl.SSLContext` for TLS).
 
@@ -14,25 +15,10 @@ here logs them.
 from __future__ import annotations
 
 import ssl
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
 
-if TYPE_CHECKING:  # pragma: no cover
-    from infra.settings import Settings
-
-SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
-"""Values of ``CTLOOP_SECURITY_PROTOCOL`` (Kafka's names, the same in librdkafka and aiokafka)."""
-SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
-"""Values of ``CTLOOP_SASL_MECHANISM``."""
-
-
-def uses_tls(protocol: str) -> bool:
-    """Whether ``protocol`` (a :data:`SECURITY_PROTOCOLS` value) encrypts the connection with TLS."""
-    return protocol in ("SSL", "SASL_SSL")
-
-
-def uses_sasl(protocol: str) -> bool:
-    """Whether ``protocol`` (a :data:`SECURITY_PROTOCOLS` value) authenticates with SASL."""
-    return protocol in ("SASL_PLAINTEXT", "SASL_SSL")
+# the protocol names and predicates are the settings' (the leaf infra.settings validates them); re-exported here
+from infra.settings import SASL_MECHANISMS, SECURITY_PROTOCOLS, Settings, uses_sasl, uses_tls  # noqa: F401
 
 
 def client_config(settings: "Settings", *extra: Mapping[str, Any], **overrides: Any) -> dict:
@@ -63,6 +49,49 @@ def client_config(settings: "Settings", *extra: Mapping[str, Any], **overrides: 
     for mapping in extra:
         config.update(mapping)
     config.update(overrides)
+    return config
+
+
+def consumer_config(settings: "Settings", group_id: str, **extra: Any) -> dict:
+    """The librdkafka configuration of a group consumer (was ``Settings.consumer_config``): quick group
+    joins (``session_timeout_ms``, ``heartbeat_interval_ms``), manual commits, ``auto.offset.reset``
+    earliest, per-partition fetches of ``settings.fetch_max_partition_bytes`` (and ``fetch.max.bytes`` /
+    ``receive.message.max.bytes`` raised above librdkafka's 50 MiB default when needed), on top of
+    :func:`client_config`; ``extra`` last. Returns a new dict; raises nothing."""
+    config = client_config(settings, {
+        "group.id": group_id,
+        "auto.offset.reset": "earliest",
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "session.timeout.ms": settings.session_timeout_ms,
+        "heartbeat.interval.ms": settings.heartbeat_interval_ms,
+        "topic.metadata.refresh.interval.ms": 2000,
+        "log.connection.close": False,
+        "max.partition.fetch.bytes": settings.fetch_max_partition_bytes,
+    })
+    if settings.fetch_max_partition_bytes > 50 * 1024 * 1024:  # above librdkafka's fetch.max.bytes default
+        config["fetch.max.bytes"] = settings.fetch_max_partition_bytes
+        config["receive.message.max.bytes"] = max(100_000_000, settings.fetch_max_partition_bytes + 512)
+    config.update(extra)
+    return config
+
+
+def producer_config(settings: "Settings", **extra: Any) -> dict:
+    """The librdkafka configuration of a producer (was ``Settings.producer_config``): acks=all,
+    ``producer_linger_ms``, ``producer_queue_max_messages``, ``producer_partitioner``, the record-size
+    limit (``max_message_bytes``) and ``producer_delivery_timeout_ms``, on top of :func:`client_config`;
+    ``extra`` last. Returns a new dict; raises nothing."""
+    config = client_config(settings, {
+        "linger.ms": settings.producer_linger_ms,
+        "queue.buffering.max.messages": settings.producer_queue_max_messages,
+        "enable.idempotence": False,
+        "acks": "all",
+        "partitioner": settings.producer_partitioner,
+        "log.connection.close": False,
+        "message.max.bytes": settings.max_message_bytes,
+        "message.timeout.ms": settings.producer_delivery_timeout_ms,
+    })
+    config.update(extra)
     return config
 
 

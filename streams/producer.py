@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
+from streams.kafka_config import producer_config
 from streams.record_size import RECORD_OVERHEAD_BYTES, RecordTooLarge, check_size
 from streams.serde import Serde
 
@@ -79,7 +80,7 @@ class EventProducer:
         self.serde = serde or Serde.from_settings(settings)
         # Delivery reports only for failures: a Python callback per delivered event would cost about a
         # microsecond each on the hot path. Successes are counted as produced - failed - still queued.
-        self._producer = Producer(settings.producer_config(**{
+        self._producer = Producer(producer_config(settings, **{
             "on_delivery": self._on_delivery, "delivery.report.only.error": True, **config}))
         self._produce = self._producer.produce
         self.block_timeout_s = settings.producer_block_timeout_s

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from infra.settings import Settings, settings_table
-from streams.kafka_config import client_config, faust_broker_options, faust_credentials
+from streams.kafka_config import client_config, consumer_config, faust_broker_options, faust_credentials, producer_config
 
 ROOT = Path(__file__).resolve().parent.parent
 CODE_DIRS = ("streams", "processors", "trainers", "infra", "bench")
@@ -77,7 +77,7 @@ def test_extra_mappings_and_overrides_come_last_in_order():
 
 def test_producer_and_consumer_configs_carry_the_security_settings():
     s = Settings(bootstrap_servers="k:1", security_protocol="SASL_PLAINTEXT", sasl_username="u", sasl_password=PASSWORD)
-    for c in (s.producer_config(), s.consumer_config("g")):
+    for c in (producer_config(s), consumer_config(s, "g")):
         assert (c["security.protocol"], c["sasl.username"], c["sasl.password"]) == ("SASL_PLAINTEXT", "u", PASSWORD)
 
 
@@ -243,7 +243,7 @@ def test_librdkafka_and_aiokafka_round_trip_over_mtls(tls_broker, pki):
     admin = AdminClient(client_config(s))
     for f in admin.create_topics([NewTopic(topic, 1, 1)]).values():
         f.result(15)
-    producer = Producer(s.producer_config())
+    producer = Producer(producer_config(s))
     producer.produce(topic, key=b"k", value=b"from-librdkafka")
     assert producer.flush(15) == 0
 
@@ -269,7 +269,7 @@ def test_librdkafka_and_aiokafka_round_trip_over_mtls(tls_broker, pki):
 
     assert asyncio.run(aiokafka_round_trip()) == [b"from-librdkafka", b"from-aiokafka"]
 
-    consumer = Consumer(s.consumer_config(f"tls-{uuid.uuid4().hex[:6]}"))
+    consumer = Consumer(consumer_config(s, f"tls-{uuid.uuid4().hex[:6]}"))
     consumer.subscribe([topic])
     got = []
     try:

@@ -64,10 +64,12 @@ def test_frozen_and_replace():
 def test_client_configs():
     s = Settings(bootstrap_servers="b:1", session_timeout_ms=7000, producer_linger_ms=9,
                  producer_queue_max_messages=77)
-    c = s.consumer_config("g", **{"fetch.min.bytes": 10})
+    from streams.kafka_config import consumer_config, producer_config
+
+    c = consumer_config(s, "g", **{"fetch.min.bytes": 10})
     assert c["group.id"] == "g" and c["bootstrap.servers"] == "b:1" and c["session.timeout.ms"] == 7000
     assert c["enable.auto.commit"] is False and c["fetch.min.bytes"] == 10
-    p = s.producer_config(acks=1)
+    p = producer_config(s, acks=1)
     assert p["linger.ms"] == 9 and p["queue.buffering.max.messages"] == 77 and p["acks"] == 1
 
 
@@ -111,7 +113,7 @@ def _settings_members_reading(field_name: str) -> list[str]:
 def test_every_setting_is_read_by_code_outside_the_settings_module():
     """A documented setting that nothing reads does nothing (CTLOOP_PROCESSOR_WORKERS once was one).
     Read = ``.field`` / ``field=`` / ``"field"`` in code outside infra/settings.py, directly or through a
-    Settings method or property that reads it (producer_config, resolved_artifact_store...)."""
+    Settings method or property that reads it (fetch_max_partition_bytes, resolved_artifact_store...)."""
     sources = [p.read_text() for d in CODE_DIRS for p in (ROOT / d).rglob("*.py")
                if p.resolve() != (ROOT / "infra" / "settings.py").resolve()]
 
