@@ -121,9 +121,12 @@ class FallbackPolicy:
         continuous deployment is on, at least ``need`` = ``fast_promotion_min_samples`` (a floor of
         MIN_PAIRS_FLOOR when 0) champion-served pairs are in the window, and either
 
-        * **collapse**: on the last ``need`` pairs the champion has collapsed against
-          ``champion_accuracy`` (its registered holdout accuracy; :func:`processors.policies.champion_collapse`
-          with rollback_margin and significance_level) and the learner's accuracy on the same pairs beats
+        * **collapse**: on the last ``need`` pairs the champion has collapsed against its baseline (the lower
+          of ``champion_accuracy``, its registered holdout accuracy, and its accuracy on the window's older
+          pairs when there are ``need`` of them; :func:`processors.policies.champion_collapse` with
+          rollback_margin, at a per-look level significance_level / window: the test runs on every batch,
+          and this bounds a false engagement within any window of pairs by significance_level) and the
+          learner's accuracy on the same pairs beats
           the champion's by >= promotion_threshold (an abrupt drift is served by the learner after a few
           dozen post-change labels, not after enough discordant pairs to move a whole window); or
         * **window**: over the whole window the learner's accuracy beats the champion's by >=
@@ -161,23 +164,38 @@ class FallbackPolicy:
     def _collapse(config: dict, tracker: FallbackTracker, need: int, champion_accuracy: float | None,
                   threshold: float, alpha: float) -> Switch | None:
         """The collapse clause of :meth:`engage` on the last ``need`` pairs, or None."""
-        recent = list(tracker.pairs)[-need:]
+        if champion_accuracy is None:
+            return None
+        pairs = list(tracker.pairs)
+        recent, older = pairs[-need:], pairs[:-need]
         n = len(recent)
         champ = sum(c for c, _ in recent) / n
         learn = sum(x for _, x in recent) / n
+        # the baseline: the registered holdout accuracy, or the champion's live accuracy on the older pairs of
+        # the window when that is lower (holdout figures are often optimistic; a live level calibrates them)
+        baseline = float(champion_accuracy)
+        live = sum(c for c, _ in older) / len(older) if len(older) >= need else None
+        if live is not None and live < baseline:
+            baseline = live
+        # this test looks at every batch: a per-look level alpha / window bounds the chance of a false
+        # engagement within any `window` consecutive pairs by alpha (Bonferroni over at most `window` looks)
+        alpha_look = alpha / max(1, tracker.window)
         margin = float(config.get("rollback_margin", 0.05))
-        collapsed, p = champion_collapse(champ, n, champion_accuracy, margin=margin, alpha=alpha)
+        collapsed, p = champion_collapse(champ, n, baseline, margin=margin, alpha=alpha_look)
         if not collapsed or learn - champ < threshold:
             return None
         evidence = {"rule": "collapse", "window": str(n), "min_pairs": str(need),
                     "champion_version": str(tracker.champion), "champion_accuracy": f"{champ:.6f}",
                     "champion_registered_accuracy": f"{float(champion_accuracy):.6f}",
-                    "champion_collapse_pvalue": f"{p:.6g}", "rollback_margin": f"{margin:g}",
+                    "champion_live_accuracy": "" if live is None else f"{live:.6f}",
+                    "champion_baseline_accuracy": f"{baseline:.6f}",
+                    "champion_collapse_pvalue": f"{p:.6g}", "collapse_level": f"{alpha_look:.6g}",
+                    "rollback_margin": f"{margin:g}",
                     "learner_accuracy": f"{learn:.6f}", "difference": f"{learn - champ:.6f}",
                     "threshold": f"{threshold:g}", "significance_level": f"{alpha:g}",
                     "learner_examples": str(tracker.examples)}
         return Switch(True, f"champion {tracker.champion} collapsed: accuracy {champ:.4f} on the last {n} labeled "
-                            f"predictions vs {float(champion_accuracy):.4f} registered (binomial p={p:.3g} < {alpha:g}); "
+                            f"predictions vs its baseline {baseline:.4f} (binomial p={p:.3g} < {alpha_look:.3g}); "
                             f"the online learner had {learn:.4f} on them ({learn - champ:+.4f} >= {threshold:g})",
                       evidence)
 
