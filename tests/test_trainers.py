@@ -18,12 +18,13 @@ import pytest
 from streams import catalog as ev
 from streams.consumer import read_to_end
 from streams.deployments import DeploymentSettingsClient
+from streams.kafka_config import producer_config
+from streams.registry import ModelRegistry
 from streams.serde import new_event
 from trainers.artifacts import ArtifactStore, TamperedArtifactError
 from trainers.bootstrap import register_initial_model
 from trainers.models import load_predictor
 from trainers.pipeline import TrainingPipeline
-from streams.registry import ModelRegistry
 from trainers.worker import run_trainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,7 +58,7 @@ def publish(settings, topic: str, records: list[tuple[str, dict]], key_field: st
     from streams.serde import Serde
 
     serde = Serde.from_settings(settings)
-    producer = Producer(settings.producer_config())
+    producer = Producer(producer_config(settings))
     ends: dict[int, int] = {}
     errors = []
 
