@@ -459,6 +459,10 @@ class PromotionPolicy:
           for; promoting it retires the fallback, and the fallback stage engages it again if its learner
           becomes significantly better than the new champion (that, not a rollback to the collapsed
           champion, is the guard: see RollbackWatch.on_promoted);
+        * **promote** (it **overtakes** the fallback) when, on at least ``promotion_min_samples`` pairs, its
+          accuracy is not below the fallback's on the same pairs (difference >= 0): a registered, versioned
+          model as good as the learner serves again (after a fallback engaged on a champion that was worse,
+          not collapsed, the bar above can stay out of reach while both serve the concept equally well);
         * **reject** when it is worse than the fallback by >= T with McNemar p < a, or, at the cap, when
           it was never promoted;
         * else wait."""
@@ -491,6 +495,11 @@ class PromotionPolicy:
                                        f"{shadow_acc - baseline:+.4f} (binomial p={p_better:.3g} < {alpha_look:.3g}) and "
                                        f"is within {threshold:g} of the serving fallback's {primary:.4f} on {n} labeled "
                                        f"pairs: it takes over from the fallback", evidence)
+        shadow_vs_fallback = shadow_acc - float(comparison["primary_metrics"].get("accuracy", 0.0))
+        if n >= min_samples and shadow_vs_fallback >= 0:
+            return Decision("promote", f"over the online fallback: shadow accuracy {shadow_acc:.4f} overtakes the serving "
+                                       f"fallback's {shadow_acc - shadow_vs_fallback:.4f} ({shadow_vs_fallback:+.4f}) on "
+                                       f"{n} labeled pairs (>= promotion_min_samples {min_samples})", evidence)
         cap = self.cap(min_samples)
         if n >= cap:
             return Decision("reject", f"shadow not promoted over the online fallback after {n} labeled pairs (cap {cap}): "

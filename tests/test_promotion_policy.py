@@ -318,5 +318,11 @@ def test_while_the_online_fallback_serves_a_recovered_shadow_is_promoted_and_no_
     assert worse is not None and worse.action == "reject"
     assert policy.decide(config, comparison(60, 0.93, 0.47, 1e-9), fallback_baseline=0.45) is not None  # worse: reject
     assert policy.decide(config, comparison(60, 0.50, 0.47, 0.5), fallback_baseline=0.45) is None      # not recovered
+    # engaged on a champion that was good (0.88), not collapsed: a shadow level with the fallback cannot beat that
+    # baseline significantly; it waits until promotion_min_samples pairs, then overtakes when not below the fallback
+    assert policy.decide(config, comparison(150, 0.92, 0.92, 1.0), fallback_baseline=0.88) is None
+    level = policy.decide(config, comparison(200, 0.92, 0.92, 1.0), fallback_baseline=0.88)
+    assert level is not None and level.action == "promote" and "overtakes" in level.reason
+    assert policy.decide(config, comparison(200, 0.92, 0.91, 0.6), fallback_baseline=0.88) is None     # below it: wait
     watch = RollbackWatch(200)
     assert watch.on_promoted("d", "v3", "v1", evidence=up.evidence) is None
