@@ -73,7 +73,7 @@ def run(quick: bool = False) -> list[dict]:
     from streams import catalog as ev
     from streams.consumer import read_to_end
     from streams.sdk import CtloopClient
-    from streams.serving import Deployment
+    from trainers.serving import Deployment
     from streams.kafka_config import client_config
     from streams.topics import Topics, ensure_topics
     from infra.harness.processes import running_processors, wait_for

@@ -2,7 +2,7 @@
 
 It is what a real application does, on simulated data: it configures its deployment (feedback loop,
 continuous training, continuous deployment), registers a first champion when the registry has none,
-then serves predictions through :class:`streams.serving.Deployment` (hot-swapping whatever the
+then serves predictions through :class:`trainers.serving.Deployment` (hot-swapping whatever the
 promotion policy decides) and logs the reviewers' late labels as feedback. The world drifts every
 ``drift_every`` events (the demo's :class:`infra.demo.stream.DriftingStream`), so the stack's own
 processors, trainer and sink have real work: joins, drift, triggers, training runs, promotions.
@@ -83,11 +83,11 @@ def configure_deployment(settings: Settings, options: AppOptions, producer=None)
 
 
 def start_serving(settings: Settings, options: AppOptions, client, metrics=None, timeout_s: float = 30.0):
-    """A started :class:`streams.serving.Deployment`; registers an initial champion (trained on
+    """A started :class:`trainers.serving.Deployment`; registers an initial champion (trained on
     ``initial_examples`` of the first concept) only when none can be loaded. Returns
     (deployment, registered_initial)."""
     from infra.demo.stream import training_data
-    from streams.serving import Deployment
+    from trainers.serving import Deployment
     from streams.registry import ModelRegistry
 
     registered = False

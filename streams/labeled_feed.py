@@ -1,5 +1,5 @@
 """Follow one deployment's labeled examples from the recent past on: what a serving app's online
-learner learns from (streams/serving.py, the online fallback).
+learner learns from (trainers/serving.py, the online fallback).
 
 ``LabeledExampleFeed(settings, deployment, on_example)`` starts, in a daemon thread, a group-less
 consumer of every labeled-examples partition at ``ceil(warm_records / partitions)`` records before its

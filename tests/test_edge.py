@@ -182,7 +182,7 @@ def test_serving_blames_the_request_for_big_numbers_and_the_model_for_nan_output
     """Deployment.predict: a feature of 1e39 is refused naming features['x'] (it used to reach the model
     and come back as NaN probabilities, blamed on ``probabilities``); a model that does return NaN
     probabilities raises ModelOutputError naming the model version, not InvalidEvent."""
-    from streams.serving import Deployment
+    from trainers.serving import Deployment
     from streams.validation import ModelOutputError
     from tests.test_serving import register_model
 

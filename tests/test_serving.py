@@ -1,4 +1,4 @@
-"""The serving SDK (streams/serving.py) and the serving commands, with real predictors loaded from the
+"""The serving SDK (trainers/serving.py) and the serving commands, with real predictors loaded from the
 artifact store and the real (embedded) broker.
 
 Models are tiny logistic regressions with chosen weights, saved through the artifact store and
@@ -21,7 +21,7 @@ from streams.consumer import read_to_end
 from streams.producer import EventProducer
 from streams.sdk import CtloopClient
 from streams.serde import new_event
-from streams.serving import Deployment, NoChampionError, canary_bucket
+from trainers.serving import Deployment, NoChampionError, canary_bucket
 from streams.validation import InvalidEvent
 from tests.helpers.processes import running_processors, settings_env, wait_for
 from trainers.artifacts import ArtifactStore
