@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 KNOWN_LABEL_VALUES: Mapping[str, tuple[str, ...]] = {
     "reason": ("review_threshold", "drift", "schedule", "performance_decay", "manual"),  # TrainingTriggered.reason
     "outcome": ("registered", "rejected", "failed"),      # a training run (trainers/pipeline.py)
-    "action": ("promote", "reject", "rollback"),          # a promotion-policy decision (processors/policies.py)
+    "action": ("promote", "reject", "rollback"),          # a promotion-policy decision (processors/promotion_policy.py)
     "role": ("primary", "canary", "shadow"),              # PredictionLogged.role
     "detected": ("true", "false"),                        # a drift window
 }

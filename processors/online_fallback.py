@@ -39,7 +39,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from processors.ownership import Ownership, forward_to_owners
-from processors.policies import champion_collapse, mcnemar_pvalue
+from processors.statistics import champion_collapse, mcnemar_pvalue
 from streams import catalog as ev
 from streams.fallback_fold import FallbackFold, online_version
 from streams.serde import new_event
@@ -123,7 +123,7 @@ class FallbackPolicy:
 
         * **collapse**: on the last ``need`` pairs the champion has collapsed against its baseline (the lower
           of ``champion_accuracy``, its registered holdout accuracy, and its accuracy on the window's older
-          pairs when there are ``need`` of them; :func:`processors.policies.champion_collapse` with
+          pairs when there are ``need`` of them; :func:`processors.statistics.champion_collapse` with
           rollback_margin, at a per-look level significance_level / window: the test runs on every batch,
           and this bounds a false engagement within any window of pairs by significance_level) and the
           learner's accuracy on the same pairs beats

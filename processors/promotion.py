@@ -31,7 +31,8 @@ import logging
 import threading
 
 from processors.ownership import Ownership
-from processors.policies import Decision, PromotionPolicy, RollbackWatch
+from processors.promotion_policy import Decision, PromotionPolicy
+from processors.rollback_watch import RollbackWatch
 from processors.dead_letters import decode_message
 from processors.shadow_comparison import iter_outcomes, outcomes_topic
 from streams.fallback_fold import FallbackFold

@@ -27,7 +27,8 @@ import threading
 import time
 
 from processors.dead_letters import dead_letter_failure, decode_message
-from processors.policies import ComparisonAggregator, PredictionJoin, ShadowAssignments
+from processors.shadow_join import PredictionJoin
+from processors.shadow_stats import ComparisonAggregator, ShadowAssignments
 from streams import catalog as ev
 from streams.consumer import end_offset_consumer, end_offsets
 from streams.record_size import RecordTooLarge, json_batches

@@ -1,12 +1,16 @@
-"""Pure logic of shadow comparison, promotion and rollback (processors/policies.py): no Kafka needed."""
+"""Pure logic of shadow comparison, promotion and rollback (processors/shadow_join.py, shadow_stats.py,
+promotion_policy.py, rollback_watch.py, statistics.py): no Kafka needed."""
 from __future__ import annotations
 
 import random
 
 import pytest
 
-from processors.policies import (ComparisonAggregator, PredictionJoin, PromotionPolicy, RollbackWatch,
-                                 ShadowAssignments, classification_metrics, mcnemar_pvalue, percentile)
+from processors.promotion_policy import PromotionPolicy
+from processors.rollback_watch import RollbackWatch
+from processors.shadow_join import PredictionJoin
+from processors.shadow_stats import ComparisonAggregator, ShadowAssignments
+from processors.statistics import classification_metrics, mcnemar_pvalue, percentile
 
 CD = {"continuous_deployment_enabled": True, "promotion_min_samples": 100, "promotion_threshold": 0.05,
       "promotion_metric": "accuracy", "significance_level": 0.05, "rollback_margin": 0.05}
@@ -301,7 +305,6 @@ def test_while_the_online_fallback_serves_a_recovered_shadow_is_promoted_and_no_
     engagement) and within the threshold of the fallback is promoted after fast_promotion_min_samples pairs;
     one clearly worse than the fallback is rejected; one not above the champion waits; such a promotion
     arms no rollback watch (rolling back would serve the collapsed champion)."""
-    from processors.policies import PromotionPolicy, RollbackWatch
 
     config = {"continuous_deployment_enabled": True, "promotion_min_samples": 200, "promotion_threshold": 0.03,
               "significance_level": 0.05, "fast_promotion_min_samples": 30}

@@ -24,7 +24,8 @@ def deployment_status(settings: Settings, deployment: str, *, decisions: int = 1
     FeedbackLoopStats by offset in the deployment's feedback-stats partition, see
     :mod:`processors.latest_stats`) and recent decisions of a deployment."""
     from processors.latest_stats import latest_feedback_stats
-    from processors.policies import PromotionPolicy, ShadowAssignments
+    from processors.promotion_policy import PromotionPolicy
+    from processors.shadow_stats import ShadowAssignments
     from streams.consumer import read_to_end
     from streams.deployments import DeploymentSettingsClient
     from streams.fallback_fold import fold_events
@@ -103,11 +104,11 @@ def policy_waiting(config: dict, champion: str | None, comparison: dict | None, 
                    *, policy=None, fallback_version: str | None = None) -> str | None:
     """Why the promotion policy does not decide on the latest comparison now (None: it decides on it,
     or there is none). The same conditions as ``processors.promotion``, then the policy's own
-    (:meth:`processors.policies.PromotionPolicy.waiting_reason`). ``assignment_revision``: the revision
+    (:meth:`processors.promotion_policy.PromotionPolicy.waiting_reason`). ``assignment_revision``: the revision
     of the current shadow assignment (a comparison of another one is not judged). ``fallback_version``:
     the online fallback serving in the champion's place (online:<learner>), if it is active: the shadow is
     then judged against it, with promotion_threshold 0."""
-    from processors.policies import PromotionPolicy
+    from processors.promotion_policy import PromotionPolicy
     if comparison is None:
         return None
     if not config.get("continuous_deployment_enabled"):
