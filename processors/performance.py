@@ -6,35 +6,23 @@ when known, else the accuracy of the first full rolling window. After a promotio
 baseline restart: the new champion is judged on traffic after its promotion. Decay = baseline minus
 rolling accuracy; beyond the deployment's performance_decay_threshold it is a trigger reason.
 
+Metrics are :func:`processors.statistics.classification_metrics` (accuracy, macro precision / recall /
+F1 as scikit-learn defines them), the same function as the shadow comparison's, so the live tracker and a
+ShadowComparison give the same figures for the same predictions.
+
 The triggers stage feeds this tracker (it owns the decision); ``register`` here adds nothing.
 """
 from __future__ import annotations
 
 from collections import deque
 
-
-def classification_metrics(pairs) -> dict[str, float]:
-    """accuracy and macro precision/recall of (true label, predicted label) pairs."""
-    pairs = list(pairs)
-    if not pairs:
-        return {}
-    labels = sorted({t for t, _ in pairs} | {p for _, p in pairs if p is not None})
-    correct = sum(t == p for t, p in pairs)
-    precisions, recalls = [], []
-    for c in labels:
-        tp = sum(1 for t, p in pairs if t == c and p == c)
-        predicted = sum(1 for _, p in pairs if p == c)
-        actual = sum(1 for t, _ in pairs if t == c)
-        if predicted:
-            precisions.append(tp / predicted)
-        if actual:
-            recalls.append(tp / actual)
-    return {"accuracy": correct / len(pairs),
-            "precision": sum(precisions) / len(precisions) if precisions else 0.0,
-            "recall": sum(recalls) / len(recalls) if recalls else 0.0}
+from processors.statistics import classification_metrics, confusion_of
 
 
 class PerformanceTracker:
+    """The rolling window of the champion's last ``window`` (true label, predicted label) pairs and its
+    baseline accuracy; raises ValueError naming performance_window when ``window`` < 1."""
+
     def __init__(self, window: int):
         if window < 1:
             raise ValueError(f"performance_window: must be positive, got {window}")
@@ -42,6 +30,8 @@ class PerformanceTracker:
         self.reset()
 
     def reset(self, champion_version: str | None = None, champion_accuracy: float | None = None) -> None:
+        """Empty the window; track ``champion_version`` with baseline ``champion_accuracy`` (in [0, 1]; None:
+        the first full window's accuracy)."""
         self.pairs: deque = deque(maxlen=self.window)
         self._metrics: dict[str, float] | None = None  # of self.pairs; None: changed since last computed
         self.champion_version = champion_version
@@ -57,6 +47,8 @@ class PerformanceTracker:
         self.reset(version, accuracy)
 
     def add(self, label: str, predicted: str | None, model_version: str) -> None:
+        """One labeled prediction of ``model_version`` (ignored unless it is the tracked champion);
+        ``predicted`` None: the model gave no label (a wrong prediction of no class)."""
         if self.champion_version is not None and model_version != self.champion_version:
             return  # another model's predictions (e.g. the previous champion's, still in flight)
         self.pairs.append((label, predicted))
@@ -66,10 +58,11 @@ class PerformanceTracker:
             self.baseline_source = "first_window"
 
     def metrics(self) -> dict[str, float]:
-        """Rolling metrics of the window, computed once per change (the triggers stage asks for them per
-        batch and decay() again, and its timer every half second)."""
+        """Rolling metrics of the window ({"accuracy", "precision", "recall", "f1"}, each in [0, 1]; {} while
+        the window is empty), computed once per change (the triggers stage asks for them per batch and
+        decay() again, and its timer every half second)."""
         if self._metrics is None:
-            self._metrics = classification_metrics(self.pairs)
+            self._metrics = classification_metrics(confusion_of(self.pairs)) if self.pairs else {}
         return self._metrics
 
     def decay(self, threshold: float) -> dict | None:
