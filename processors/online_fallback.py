@@ -1,7 +1,7 @@
 """Stage: the online fallback (LabeledExample -> OnlineFallbackSwitched on model-updates).
 
 While a deployment's champion is significantly worse on recent labels than an online learner
-(river, :mod:`trainers.online`) trained in-stream on the same labeled examples, the learner serves in
+(river, :mod:`streams.online_learner`) trained in-stream on the same labeled examples, the learner serves in
 its place; a retrained champion promoted over it retires it (the fold rule: :mod:`streams.fallback_fold`).
 
 * ``forward`` (every worker, any partition of labeled-examples): each non-shadow LabeledExample of a
@@ -43,7 +43,7 @@ from processors.statistics import champion_collapse, mcnemar_pvalue
 from streams import catalog as ev
 from streams.fallback_fold import FallbackFold, online_version
 from streams.serde import new_event
-from trainers.online import OnlineLearner
+from streams.online_learner import OnlineLearner
 
 log = logging.getLogger(__name__)
 COMPONENT = "processors.online_fallback"
@@ -290,7 +290,7 @@ def read_partition_range(settings, topic: str, partition: int, start: int, end: 
 def register(app, ctx) -> None:
     from streams.consumer import end_offsets
     from streams.follower import TopicFollower
-    from trainers.registry import HeldUpdateRelease, ModelRegistry
+    from streams.registry import HeldUpdateRelease, ModelRegistry
 
     settings, topics, m = ctx.settings, ctx.topics, ctx.metrics
     examples_topic = f"{settings.topic_prefix}{EXAMPLES_KEY}"

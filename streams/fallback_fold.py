@@ -13,7 +13,7 @@ not the registry fold applied them (a refused promotion therefore retires the fa
 engages it again on its next example if its evidence still holds). Each event is folded once (by
 event id).
 
-Serving (streams/serving.py), the fallback stage (processors/online_fallback.py), ``ctloop status``,
+Serving (trainers/serving.py), the fallback stage (processors/online_fallback.py), ``ctloop status``,
 the demo summary and the report all use :class:`FallbackFold`.
 """
 from __future__ import annotations

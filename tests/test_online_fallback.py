@@ -1,5 +1,5 @@
 """The online fallback's pure logic: the fold rule (streams/fallback_fold.py), the tracker and the
-engage / retire policy (processors/online_fallback.py), the online learner (trainers/online.py)."""
+engage / retire policy (processors/online_fallback.py), the online learner (streams/online_learner.py)."""
 from __future__ import annotations
 
 import random
@@ -10,7 +10,7 @@ from processors.online_fallback import FallbackPolicy, FallbackTracker, example_
 from streams import catalog as ev
 from streams.fallback_fold import FallbackFold, fold_events, is_online_version, online_version
 from streams.serde import new_event
-from trainers.online import OnlineLearner
+from streams.online_learner import OnlineLearner
 
 
 def switch(dep, active, expected, learner="arf"):

@@ -8,7 +8,7 @@ import uuid
 import pytest
 
 from infra.report import fallback_summary, write_report
-from processors.clickhouse_sink import ClickHouseSink
+from infra.clickhouse_sink import ClickHouseSink
 from streams import catalog as ev
 from streams.producer import EventProducer
 from streams.sdk import CtloopClient

@@ -23,7 +23,7 @@ from streams.fallback_fold import fold_events
 from streams.producer import EventProducer
 from streams.sdk import CtloopClient
 from streams.serde import new_event, now_ms
-from streams.serving import Deployment
+from trainers.serving import Deployment
 from streams.topics import Topics, ensure_topics
 from tests.helpers.processes import running_processors, wait_for
 from tests.test_serving import register_model

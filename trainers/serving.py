@@ -20,7 +20,7 @@ deployments topic) are in the torch-free floor ``streams/`` (docs/ARCHITECTURE.m
 * Hot swap: new predictors are built in the follower thread, then one reference is replaced; a
   request reads that reference once, so it finishes on the models it started with.
 * Online fallback: when the deployment's ``online_fallback`` setting names a learner (arf, hat), the
-  app keeps its own :class:`trainers.online.OnlineLearner` learning the deployment's labeled examples
+  app keeps its own :class:`streams.online_learner.OnlineLearner` learning the deployment's labeled examples
   (:class:`streams.labeled_feed.LabeledExampleFeed`: warm-started from the last records of each
   labeled-examples partition, then following). While the fold of model-updates says the fallback is
   active (:mod:`streams.fallback_fold`), ``predict()`` serves that learner as the primary (model
@@ -117,7 +117,7 @@ class Deployment:
         self._release = None  # HeldUpdateRelease, set by start()
         self._initial: list[Event] | None = None  # events read before catching up, folded once caught up
         self.fallback = FallbackFold()   # model-updates in log order: is the online fallback serving?
-        self._learner = None             # trainers.online.OnlineLearner while online_fallback names one
+        self._learner = None             # streams.online_learner.OnlineLearner while online_fallback names one
         self._feed = None                # its streams.labeled_feed.LabeledExampleFeed
         self._online = None              # the learner while it serves (one reference, read once per request)
         self._metrics(metrics)
@@ -216,7 +216,7 @@ class Deployment:
 
     @property
     def online_learner(self):
-        """The deployment's :class:`trainers.online.OnlineLearner` while its settings name one (None otherwise)."""
+        """The deployment's :class:`streams.online_learner.OnlineLearner` while its settings name one (None otherwise)."""
         return self._learner
 
     @property
@@ -334,7 +334,7 @@ class Deployment:
             self._learner = self._feed = None
         if name and self._learner is None:
             from streams.labeled_feed import LabeledExampleFeed
-            from trainers.online import OnlineLearner
+            from streams.online_learner import OnlineLearner
 
             learner = self._learner = OnlineLearner(name)
             self._feed = LabeledExampleFeed(self.settings, self.deployment,

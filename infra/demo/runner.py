@@ -45,7 +45,7 @@ from streams.kafka_config import client_config
 
 if TYPE_CHECKING:
     from streams.sdk import CtloopClient
-    from streams.serving import Deployment
+    from trainers.serving import Deployment
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[2]
@@ -296,7 +296,7 @@ class LoopMonitor:
     progress lines. The final summary does not use it: it is recomputed from the topics."""
 
     def __init__(self, settings: Settings, deployment: str):
-        from streams.serving import TopicFollower
+        from streams.follower import TopicFollower
         from streams.topics import Topics
 
         topics = Topics.from_settings(settings)
@@ -591,7 +591,7 @@ def _start_peers(ctx: _RunContext, scheduled: list, frozen_labels: list):
 def _start_loop(ctx: _RunContext, cleanup: contextlib.ExitStack, processors: ProcessorsProcess, client) -> _Loop:
     """Wait for the processors worker, start the monitor, the faulty trainer and the serving app,
     each registered on ``cleanup`` (stopped in reverse order)."""
-    from streams.serving import Deployment
+    from trainers.serving import Deployment
 
     trainers: list[TrainerThread] = []
     cleanup.callback(processors.stop)
@@ -857,7 +857,7 @@ def _drift_latencies(samples, prediction_ids, events: LoopEvents, drift_points, 
 
 def _sink_and_report(settings, run_dir: Path, say, metrics=None) -> Path:
     from infra.report import write_report
-    from processors.clickhouse_sink import ClickHouseSink
+    from infra.clickhouse_sink import ClickHouseSink
 
     say("ClickHouse sink: loading every topic")
     sink = ClickHouseSink(settings, metrics=metrics)
