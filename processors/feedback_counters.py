@@ -201,8 +201,9 @@ def register_aggregation(app, ctx) -> None:
         ("received", "Feedback events received per deployment (duplicates included)."),
         ("reviewed", "Distinct predictions with feedback per deployment."),
         ("added_to_training", "Distinct labeled examples added to the training set per deployment."),
-        ("reviewed_since_last_training", "Labeled examples added since the deployment's last training trigger."),
-        ("progress_ratio", "reviewed_since_last_training / trigger_threshold (0 without a threshold)."),
+        ("added_since_last_trigger", "Labeled examples added to training since the deployment's last training "
+                                     "trigger (FeedbackLoopStats.reviewed_since_last_training)."),
+        ("progress_ratio", "added_since_last_trigger / trigger_threshold (0 without a threshold)."),
         ("dead_lettered", "Feedback dead-lettered (unmatched after the park TTL) per deployment."))}
     emitted_since: dict[str, int] = {}   # reviewed_since_last_training in the last stats sent
 
@@ -230,7 +231,7 @@ def register_aggregation(app, ctx) -> None:
             g["received"].labels(dep).set(t["feedback_received"])
             g["reviewed"].labels(dep).set(t["reviewed"])
             g["added_to_training"].labels(dep).set(t["added_to_training"])
-            g["reviewed_since_last_training"].labels(dep).set(record["reviewed_since_last_training"])
+            g["added_since_last_trigger"].labels(dep).set(record["reviewed_since_last_training"])
             g["progress_ratio"].labels(dep).set(record["progress"])
             g["dead_lettered"].labels(dep).set(t["feedback_dead_lettered"])
         if sent:
