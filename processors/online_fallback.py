@@ -39,7 +39,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from processors.ownership import Ownership, forward_to_owners
-from processors.statistics import champion_collapse, mcnemar_pvalue
+from processors.statistics import binomial_pvalue, champion_collapse, mcnemar_pvalue
 from streams import catalog as ev
 from streams.fallback_fold import FallbackFold, online_version
 from streams.serde import new_event
@@ -215,8 +215,6 @@ class FallbackPolicy:
         raw = (engaged_evidence or {}).get("champion_accuracy")
         if tracker is None or raw in (None, "") or len(tracker.learner_correct) < tracker.window:
             return None
-        from scipy.stats import binomtest
-
         baseline = float(raw)
         margin = float(config.get("rollback_margin", 0.05))
         alpha = float(config.get("significance_level", 0.05))
@@ -225,7 +223,7 @@ class FallbackPolicy:
         acc = hits / n
         if acc >= baseline - margin:
             return None
-        p = float(binomtest(hits, n, min(max(baseline, 1e-9), 1 - 1e-9), alternative="less").pvalue)
+        p = binomial_pvalue(hits, n, baseline, "less")
         if p >= alpha:
             return None
         return Switch(False, f"online learner accuracy {acc:.4f} over its last {n} labeled examples is below the "

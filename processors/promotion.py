@@ -2,7 +2,7 @@
 
 * Deployment settings, the model registry and decisions are folded by a :class:`streams.follower.TopicFollower`
   reading the deployments, model-lifecycle and model-updates topics from the beginning (no group), with the
-  same causal, compare-and-set registry fold as every other process (:class:`trainers.registry.ModelRegistry`),
+  same causal, compare-and-set registry fold as every other process (:class:`streams.registry.ModelRegistry`),
   so a restarted worker knows every earlier decision and agrees with the apps about the champion.
 * **One decision per shadow assignment.** An assignment is (deployment, shadow version, the deployments
   revision that set that version as shadow). Each ShadowComparison of the assigned shadow against the
@@ -39,7 +39,7 @@ from streams.fallback_fold import FallbackFold
 from streams import catalog as ev
 from streams.serde import new_event
 from streams.consumer import end_offsets
-from trainers.registry import HeldUpdateRelease, ModelRegistry, Refusal
+from streams.registry import HeldUpdateRelease, ModelRegistry, Refusal
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ def rejected_record(catalog, comparison: dict, decision: Decision, *, expected_s
 
 def register(app, ctx) -> None:
     from streams.deployments import DeploymentSettingsClient
-    from streams.serving import TopicFollower
+    from streams.follower import TopicFollower
 
     settings, topics = ctx.settings, ctx.topics
     component = "promotion"

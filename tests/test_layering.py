@@ -33,12 +33,6 @@ project, so every floor may import them."""
 # (importing file, imported module) -> why the edge is tolerated for now. Each entry must still occur
 # (a stale entry fails the test: delete it once the edge is gone).
 ALLOWED: dict[tuple[str, str], str] = {
-    # transitional: trainers/registry.py re-exports streams.registry (the fold moved to the floor) until
-    # processors/promotion.py imports it from there
-    ("processors/promotion.py", "trainers.registry"): "promotion.py still imports the re-export",
-    # transitional: streams.serving keeps TopicFollower and a lazy re-export of trainers.serving (no torch at
-    # import) until processors/promotion.py imports TopicFollower from streams.follower
-    ("streams/serving.py", "trainers.serving"): "compatibility module, to be deleted",
 }
 
 
