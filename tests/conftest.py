@@ -11,6 +11,7 @@ answers, else embedded chdb under a temporary directory.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import uuid
 
@@ -20,7 +21,10 @@ from infra.embedded import EmbeddedBroker
 from infra.settings import Settings
 
 
+@functools.cache
 def docker_available() -> bool:
+    """Whether a Docker engine answers (asked once per session: both session fixtures ask, and without an
+    engine each probe waits for the client's connection error)."""
     if os.environ.get("CTLOOP_TEST_NO_DOCKER"):
         return False
     try:

@@ -10,6 +10,7 @@ from streams import catalog as ev
 from tests.helpers.collect import Collector
 
 
+@pytest.mark.slow
 def test_app_serves_on_the_shared_topics_and_registers_a_champion_once(settings, topics):
     options = AppOptions(deployment="shop", rate=0, events=240, drift_every=100, review_fraction=0.5,
                          initial_examples=300, min_samples=50)

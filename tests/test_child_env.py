@@ -60,6 +60,7 @@ def _free_pair() -> int:
     raise RuntimeError("no two consecutive free ports")
 
 
+@pytest.mark.slow
 def test_worker_started_by_a_parent_serving_on_the_port_does_not_clash(settings, topics, monkeypatch, tmp_path):
     """The parent serves /metrics on CTLOOP_METRICS_PORT (set in its environment, as compose does); the
     processors worker it starts serves on port + 1 and becomes ready; both answer."""
@@ -89,6 +90,7 @@ def test_worker_started_by_a_parent_serving_on_the_port_does_not_clash(settings,
     assert "Address already in use" not in Path(log_path).read_text(errors="replace")
 
 
+@pytest.mark.slow
 def test_the_demos_processors_worker_gets_the_demos_port_plus_one(settings, topics, monkeypatch, tmp_path):
     """infra/demo/runner.py: the demo serves on CTLOOP_METRICS_PORT and its processors subprocess (which
     crashed with "Address already in use" when it inherited the port) serves on port + 1."""

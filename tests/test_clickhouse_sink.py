@@ -55,6 +55,7 @@ def _check_round_trip(ch_settings, scenario, client):
     assert lineage[1] == [p["end_offset"] for p in scenario.snapshot2]
 
 
+@pytest.mark.slow
 def test_no_duplicates_after_a_sink_restart(ch_settings):
     scenario = publish_scenario(ch_settings, garbage=False)
     total = sum(scenario.produced.values())

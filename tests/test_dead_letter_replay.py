@@ -8,6 +8,7 @@ import json
 import threading
 import time
 
+import pytest
 from click.testing import CliRunner
 
 from infra.cli import cli
@@ -81,6 +82,7 @@ def test_replay_filters_dry_run_ledger_and_truncated(settings, topics):
     assert result.exit_code == 0 and "0 replayed, 3 replayed before (skipped), 1 not replayable" in result.output
 
 
+@pytest.mark.slow
 def test_a_replayed_unmatched_feedback_is_joined_once_its_prediction_exists(settings, topics):
     """The operator's loop: feedback dead-lettered as unmatched_feedback (its prediction came after the park
     TTL). Replayed before the fix, it is dead-lettered again, and that dead letter is skipped by the next

@@ -340,6 +340,7 @@ def test_the_embedded_tansu_still_cannot_serve_tls_itself(pki):
     assert proc.returncode != 0 and "cannot be used with" in proc.stderr, (proc.returncode, proc.stderr[-500:])
 
 
+@pytest.mark.slow
 def test_the_processors_worker_joins_over_mtls(tls_broker, pki, tmp_path):
     """The faust worker (aiokafka consumers, producer, table changelogs, topic creation) and the
     librdkafka clients around it (output producer, broker check, topic repair, the SDK, the collector)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 
+import pytest
 from confluent_kafka import Producer
 
 from streams import catalog as ev
@@ -48,6 +49,7 @@ def _headers(collector, event) -> dict:
     return {k: v.decode() for k, v in (msg.headers() or [])}
 
 
+@pytest.mark.slow
 def test_oversized_and_bad_records_get_one_dead_letter_each_and_the_worker_keeps_joining(settings, topics):
     dep = "big-dep"
     serde = Serde.from_settings(settings)

@@ -87,6 +87,7 @@ def venv(wheel, tmp_path_factory) -> dict:
     return {"python": str(python), "ctloop": str(env_dir / "bin" / "ctloop"), "site": site, "cwd": work, "env": env}
 
 
+@pytest.mark.slow
 def test_the_wheel_holds_every_package_and_data_file(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     missing = [p for p in _packages() if f"{p.replace('.', '/')}/__init__.py" not in names]
@@ -97,6 +98,7 @@ def test_the_wheel_holds_every_package_and_data_file(wheel):
     assert not [n for n in names if n.startswith("tests/")], "tests do not ship"
 
 
+@pytest.mark.slow
 def test_ctloop_runs_from_the_installed_wheel_outside_the_checkout(venv):
     run = lambda *cmd, **kw: _run(list(cmd), cwd=venv["cwd"], env=venv["env"], **kw)  # noqa: E731
     # the checkout is not importable: each module comes from the venv's site-packages

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pytest
+
 from streams import catalog as ev
 from streams.sdk import CtloopClient
 from tests.helpers.collect import Collector
@@ -14,6 +16,7 @@ from tests.helpers.processes import running_processors
 N = 4000
 
 
+@pytest.mark.slow
 def test_sigkill_and_restart_neither_loses_nor_double_counts(settings, topics):
     settings = settings.replace(stats_min_interval_s=0.1)
     dep = "crash-dep"

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
+
 from processors.join_logic import FeedbackJoiner
 from streams import catalog as ev
 from streams.sdk import CtloopClient
@@ -68,6 +70,7 @@ def test_join_logic_duplicates_corrections_parking_and_replay():
     assert (r.new_reviews, r.new_examples, r.examples) == (1, 0, [])
 
 
+@pytest.mark.slow
 def test_feedback_join_end_to_end(settings, topics):
     settings = settings.replace(feedback_park_ttl_s=2.0, join_sweep_interval_s=0.5, stats_min_interval_s=0.1)
     dep = "join-dep"
@@ -150,6 +153,7 @@ def test_rejected_prediction_makes_its_feedback_unmatched_at_once_saying_why():
     assert "p1" not in state
 
 
+@pytest.mark.slow
 def test_resent_events_make_no_second_labeled_example_over_the_broker(settings, topics):
     """What an app does with DeliveryError.lost (re-send byte for byte) is safe even for events that were
     delivered after all: the worker joins them once and counts the prediction once."""

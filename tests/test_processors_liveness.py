@@ -197,6 +197,7 @@ def test_records_written_before_their_topic_existed_are_found_and_the_topic_made
         brokers[-1].stop()
 
 
+@pytest.mark.slow
 def test_a_broker_restart_makes_the_worker_exit_at_once(settings, tmp_path):
     """The stall timeout is long (60 s): the exit comes from seeing the topics gone or recreated (new
     topic ids), within a few 1 s probes, not from the timeout. A worker started again on the new
@@ -241,6 +242,7 @@ def test_a_broker_restart_makes_the_worker_exit_at_once(settings, tmp_path):
         brokers[-1].stop()
 
 
+@pytest.mark.slow
 def test_processor_workers_supervises_workers_in_one_group(settings, topics):
     s = settings.replace(processor_workers=2)
     with running_processors(s, stages=["processors.feedback_join"], timeout_s=90) as proc:

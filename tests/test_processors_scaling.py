@@ -92,6 +92,7 @@ def _triggers(c, dep):
     return [e.value for e in c.of(ev.TRAINING_TRIGGERED, deployment=dep)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [1, 2, 3])
 def test_n_workers_publish_the_same_stats_and_triggers_as_one(settings, topics, workers):
     settings = settings.replace(drift_window_size=WINDOW, stats_min_interval_s=0.1)

@@ -8,6 +8,7 @@ import json
 import time
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from processors.performance import PerformanceTracker
@@ -94,6 +95,7 @@ def _triggers(c, dep, reason=None):
     return [e for e in c.of(ev.TRAINING_TRIGGERED, deployment=dep) if reason is None or e.value["reason"] == reason]
 
 
+@pytest.mark.slow
 def test_review_threshold_fires_exactly_once_until_the_run_finished(settings, topics):
     dep = "review-dep"
     with running_processors(settings, stages=STAGES, timeout_s=60), CtloopClient(settings) as client, \
@@ -145,6 +147,7 @@ def test_review_threshold_fires_exactly_once_until_the_run_finished(settings, to
         assert sum(p["end_offset"] for p in manual["snapshot"]) == 40
 
 
+@pytest.mark.slow
 def test_no_drift_trigger_on_a_stationary_stream_then_one_after_a_mean_shift(settings, topics):
     """Also in this worker: a schedule trigger, and a performance-decay trigger against the champion's
     validation accuracy (other deployments). Both drift and decay deployments turn the wait for
@@ -217,6 +220,7 @@ def _held_back(port: int, dep: str, why: str) -> float:
                and f'why="{why}"' in line)
 
 
+@pytest.mark.slow
 def test_automatic_triggers_wait_until_the_shadow_is_decided(settings, topics):
     """Over the broker: with continuous deployment on and a shadow set, a review-threshold crossing is
     held back ("shadow_undecided") until the shadow is cleared (the promotion stage does so when it

@@ -26,6 +26,7 @@ def report_path(report_run):
     return report_run[1]
 
 
+@pytest.mark.slow
 def test_report_is_self_contained_with_every_plot(report_path):
     text = report_path.read_text()
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", text), "the report must not load anything"
@@ -53,6 +54,7 @@ def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+@pytest.mark.slow
 def test_report_renders_in_headless_chromium(report_path, tmp_path):
     browser = _chromium()
     if browser is None:
@@ -72,6 +74,7 @@ def test_report_renders_in_headless_chromium(report_path, tmp_path):
     assert "ctloop report" in dom
 
 
+@pytest.mark.slow
 def test_ctloop_report_command_writes_the_file(report_run, tmp_path):
     from click.testing import CliRunner
 

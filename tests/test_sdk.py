@@ -33,6 +33,7 @@ def consume_all(settings, topic: str, n: int, timeout_s: float = 60.0, group: st
     return events
 
 
+@pytest.mark.slow
 def test_produce_n_consume_n_none_lost(settings, topics):
     n = 20_000
     ids = []

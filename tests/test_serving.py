@@ -115,6 +115,7 @@ def test_no_champion_and_tampered_artifacts_never_break_serving(settings, topics
         assert serving.shadow_version is None and serving.predict({"x": 1.0}).model_version == "v1"
 
 
+@pytest.mark.slow
 def test_steady_stream_through_a_policy_promotion_has_zero_failed_requests(settings, topics):
     """End to end: the app serves and labels traffic; the processor worker compares the shadow, the
     policy promotes it, the app hot-swaps; no request fails and every request after the swap is v2."""

@@ -213,6 +213,7 @@ def test_trigger_produces_registered_model_with_exact_lineage(settings, topics):
     assert ",".join(f"{p['partition']}:0-{p['end_offset']}" for p in snap) in line
 
 
+@pytest.mark.slow
 def test_noisy_candidate_rejected_and_good_candidate_registered_as_shadow(settings, topics):
     dep = "churn"
     DeploymentSettingsClient(settings).setup_feedback_loop(dep, min_training_examples=50)
@@ -270,6 +271,7 @@ def test_bad_datasets_fail_the_run_with_a_reason(settings, topics, tmp_path):
         assert expected[case] in failed[0]["reason"], failed[0]["reason"]
 
 
+@pytest.mark.slow
 def test_base_dataset_is_added_and_named_in_lineage(settings, topics, tmp_path):
     import pandas as pd
 
@@ -290,6 +292,7 @@ def test_base_dataset_is_added_and_named_in_lineage(settings, topics, tmp_path):
     assert "historical_accuracy" in mv.metrics
 
 
+@pytest.mark.slow
 def test_since_change_trigger_compiles_exactly_its_window_without_the_base_dataset(settings, topics, tmp_path):
     """Issue 12: a since_change trigger's snapshot offsets are the window; the trainer reads exactly them,
     leaves the base dataset (an earlier concept) out, records window and change point in the lineage, and
@@ -371,6 +374,7 @@ def _env(settings) -> dict:
     return env
 
 
+@pytest.mark.slow
 def test_killed_trainer_trigger_is_completed_after_restart(settings, topics):
     dep = "crashy"
     DeploymentSettingsClient(settings).setup_feedback_loop(dep, min_training_examples=50)
@@ -400,6 +404,7 @@ def test_killed_trainer_trigger_is_completed_after_restart(settings, topics):
     assert len(of_type(events, ev.TRAINING_RUN_FINISHED, trigger_id=trigger["trigger_id"])) == 1
 
 
+@pytest.mark.slow
 def test_tampered_artifact_is_refused(settings, topics):
     dep = "secure"
     features, labels = zip(*blobs(120, seed=40))

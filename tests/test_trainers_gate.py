@@ -186,6 +186,7 @@ def test_one_example_with_a_microsecond_event_time_does_not_decide_the_gate():
 
 
 # -- training and artifacts ------------------------------------------------------------------------
+@pytest.mark.slow
 def test_training_learns_and_label_noise_hurts():
     ds = build_dataset(_examples(400, seed=1))
     hold = ds.holdout_mask()
@@ -260,6 +261,7 @@ def _gate_run(dataset, champion: Predictor, *, label_noise: float = 0.0):
                          rows=GateRows.of(dataset.scope)), candidate
 
 
+@pytest.mark.slow
 def test_a_candidate_of_the_new_concept_passes_the_gate_after_a_change_point():
     """Issue 12, cause 2: Agrawal switches classification_function 0 -> 2 at offset 1200 of one
     partition. The champion learned function 0 on offsets 0-1200. A since_change trigger's window is
