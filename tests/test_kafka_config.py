@@ -122,12 +122,15 @@ def test_the_processors_faust_app_gets_the_credentials(tmp_path, pki):
 
     s = Settings(bootstrap_servers="127.0.0.1:1", data_dir=str(tmp_path), security_protocol="SASL_SSL",
                  sasl_username="svc", sasl_password=PASSWORD, ssl_ca_location=pki.ca, client_id="loop-b")
-    app, _ctx = build_app(s, stages=())
-    creds = app.conf.broker_credentials
-    assert (type(creds).__name__, creds.username, creds.password, creds.mechanism.value) == (
-        "SASLCredentials", "svc", PASSWORD, "PLAIN")
-    assert creds.ssl_context is not None and app.conf.broker_client_id == "loop-b"
-    assert [str(u) for u in app.conf.broker] == ["kafka://127.0.0.1:1"]
+    app, ctx = build_app(s, stages=())
+    try:
+        creds = app.conf.broker_credentials
+        assert (type(creds).__name__, creds.username, creds.password, creds.mechanism.value) == (
+            "SASLCredentials", "svc", PASSWORD, "PLAIN")
+        assert creds.ssl_context is not None and app.conf.broker_client_id == "loop-b"
+        assert [str(u) for u in app.conf.broker] == ["kafka://127.0.0.1:1"]
+    finally:   # its producer would retry 127.0.0.1:1 (and log it) for the rest of the session
+        ctx.producer.close(timeout_s=1)
 
 
 # -- validation at the edge ----------------------------------------------------------------------------
