@@ -72,7 +72,10 @@ def test_join_logic_duplicates_corrections_parking_and_replay():
 
 @pytest.mark.slow
 def test_feedback_join_end_to_end(settings, topics):
-    settings = settings.replace(feedback_park_ttl_s=2.0, join_sweep_interval_s=0.5, stats_min_interval_s=0.1)
+    # the late feedback must stay parked from its arrival until its prediction is joined (after the wait for 6
+    # examples, a produce and a fetch): 2 s was too short on a loaded 2-core machine (failed once under
+    # pytest -n 2); the unknown one's dead letter comes a park TTL after its arrival either way
+    settings = settings.replace(feedback_park_ttl_s=6.0, join_sweep_interval_s=0.5, stats_min_interval_s=0.1)
     dep = "join-dep"
     with CtloopClient(settings) as client:   # configured before the worker starts: its fold sees it
         client.setup_feedback_loop(dep, model_name="m")
