@@ -205,7 +205,8 @@ class FallbackPolicy:
         disabled, or (the fallback's rollback watch) whose prequential accuracy over its last full
         window of examples fell below the champion accuracy it was engaged on (``engaged_evidence``
         ``champion_accuracy``) minus ``rollback_margin``, with a one-sided binomial p <
-        significance_level. Else None (a promoted champion retires it by the fold rule, with no switch)."""
+        significance_level; not after an engagement by the collapse rule (evidence ``rule`` collapse).
+        Else None (a promoted champion retires it by the fold rule, with no switch)."""
         if not active:
             return None
         if not config.get("online_fallback"):
@@ -214,6 +215,11 @@ class FallbackPolicy:
             return Switch(False, "continuous deployment disabled", {"continuous_deployment_enabled": "false"})
         raw = (engaged_evidence or {}).get("champion_accuracy")
         if tracker is None or raw in (None, "") or len(tracker.learner_correct) < tracker.window:
+            return None
+        if (engaged_evidence or {}).get("rule") == "collapse":
+            # engaged on a collapsed champion: its accuracy then (on pairs partly before the change) is no
+            # level to hold the learner to, and retiring would serve the collapsed champion again; a
+            # promotion retires the fallback
             return None
         baseline = float(raw)
         margin = float(config.get("rollback_margin", 0.05))

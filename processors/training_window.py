@@ -20,7 +20,10 @@ the stage sees them, numbered #1, #2, ... (every role: they are all training dat
 A signal while the change point still gathers its evidence (fewer than min_post_change_labels after it
 and no trigger fired on it) is the same change and does not move it (except a decay point, above); any
 later signal does. A promotion restarts ADWIN (another
-model's errors) and keeps the change point: the champion changed, the concept did not.
+model's errors) and keeps the change point: the champion changed, the concept did not; but when a trigger
+already fired on that change point, a performance decay of the new champion starts a new one at the first
+of its decayed window (a champion promoted just as the concept changed again begins with a high error,
+and ADWIN on its own error stream sees no rise).
 
 **Evidence first**: drift and performance-decay triggers (and, with since_change windows, every
 automatic trigger once a change point is known) fire only when ``min_post_change_labels`` examples
@@ -101,6 +104,7 @@ class LabelWindow:
         self.drift_active = False          # the drift stage's latest window detected drift
         self.drift_evidence: dict | None = None
         self.clean_until: int | None = None    # window_end of the latest window without drift
+        self.decay_restarts = False            # a champion promoted after a trigger on the change point
         self._adwin = river_drift.ADWIN(delta=adwin_delta)
 
     # -- folding ------------------------------------------------------------------------------------
@@ -154,9 +158,10 @@ class LabelWindow:
                                            f"(first labeled example #{first})", min_prediction_time=start)
 
     def on_decay(self, window: int) -> ChangePoint | None:
-        """Performance decay over the champion's last ``window`` examples with no change point known:
-        the change point is the first of them."""
-        if self.change is not None or not self.primary_seqs:
+        """Performance decay over the champion's last ``window`` examples with no change point known, or
+        the decay of a champion promoted after a trigger fired on the current change point
+        (``decay_restarts``): the change point is the first of them."""
+        if (self.change is not None and not self.decay_restarts) or not self.primary_seqs:
             return None
         first = self.primary_seqs[-min(window, len(self.primary_seqs))]
         return self.signal(first, "decay", f"performance decay over the champion's last {window} labeled examples "
@@ -164,9 +169,14 @@ class LabelWindow:
 
     def on_promotion(self) -> None:
         """A new champion: its error stream starts afresh, and so does the drift stage (its reference is
-        the first window after the promotion), so a pending drift reason ends; the change point stays."""
+        the first window after the promotion), so a pending drift reason ends; the change point stays, but
+        once a trigger fired on it, a decay of the new champion is a new change (:meth:`on_decay`): a
+        champion promoted just as the concept changed again starts with a high error, which ADWIN on its
+        own error stream never sees rise."""
         self._adwin = river_drift.ADWIN(delta=self.adwin_delta)
         self.drift_active, self.drift_evidence = False, None
+        if self.change is not None and self.change.fired > 0:
+            self.decay_restarts = True
 
     def signal(self, first_seq: int, signal: str, description: str, *, min_prediction_time: int | None = None
                ) -> ChangePoint | None:
@@ -177,6 +187,7 @@ class LabelWindow:
         if cp is not None and cp.fired == 0 and cp.post_change_labels < self.min_post_change_labels \
                 and not (cp.signal == "decay" and signal != "decay"):
             return None
+        self.decay_restarts = False
         new = ChangePoint(first_seq, signal, description, min_prediction_time)
         new.post_change_labels = sum(1 for p in self.positions if new.counts(p.seq, p.prediction_time))
         self.change = new

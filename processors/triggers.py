@@ -150,7 +150,7 @@ def register(app, ctx) -> None:
         with lock:
             w = label_window(dep)
             w.min_post_change_labels = min_post
-            if reason == "performance_decay" and w.change is None:
+            if reason == "performance_decay" and (w.change is None or w.decay_restarts):
                 w.on_decay(len(tracker(dep).pairs))
             if w.change is None:   # a drift with no label since: the change point is the next one
                 return min_post

@@ -452,3 +452,37 @@ def test_effectiveness_bench_means_over_seeds_and_checks_the_targets():
     assert s["worst_margin_vs_never"] == pytest.approx(-0.02)
     text = bench.render({"x": runs}, {"x": s})
     assert "mean" in text and "whole >= ARF: NO" in text
+
+
+def test_the_stream_waits_while_the_processors_are_more_than_max_label_lag_labels_behind():
+    """Pacing by the loop's throughput: more than max_label_lag labels logged but not yet delivered as labeled
+    examples -> the stream waits until half of that is left (the deployment's feed catches up here on each
+    poll); a lag that never shrinks is waited for once, up to max_pace_wait_s, then absorbed."""
+    from types import SimpleNamespace
+
+    from infra.demo.runner import DemoOptions, _Clock, _Served, _wait_for_processors
+
+    class Feed:
+        online_learner = object()
+
+        def __init__(self, delivered, step):
+            self.delivered, self.step = delivered, step
+
+        @property
+        def online_examples(self):   # the serving app's property: each read sees the feed a little further
+            self.delivered += self.step
+            return self.delivered
+
+    ctx = SimpleNamespace(options=DemoOptions(max_label_lag=100, max_pace_wait_s=0.5))
+    served = _Served(feedback_logged=300)
+    catching_up = SimpleNamespace(deployment=Feed(delivered=150, step=10), clock=_Clock(0))
+    assert _wait_for_processors(ctx, catching_up, served) >= 0.0
+    assert served.feedback_logged - catching_up.deployment.delivered <= 50 and served.unmatched_feedback == 0
+    within = SimpleNamespace(deployment=Feed(delivered=250, step=0), clock=_Clock(0))
+    assert _wait_for_processors(ctx, within, served) == 0.0            # 50 behind: no wait
+    stuck = SimpleNamespace(deployment=Feed(delivered=100, step=0), clock=_Clock(0))
+    assert _wait_for_processors(ctx, stuck, served) >= 0.5             # waited up to the deadline
+    assert served.unmatched_feedback == 200                            # then stops waiting for those
+    assert _wait_for_processors(ctx, stuck, served) == 0.0
+    off = SimpleNamespace(deployment=SimpleNamespace(online_learner=None), clock=_Clock(0))
+    assert _wait_for_processors(ctx, off, _Served(feedback_logged=10_000)) == 0.0

@@ -248,6 +248,9 @@ def test_the_fallbacks_rollback_watch_retires_a_learner_that_fell_below_the_cham
     assert decision is not None and not decision.active and float(decision.evidence["pvalue"]) < 0.05
     assert "below the champion's 0.9000" in decision.reason
     assert policy.retire(config, True, flipped, None) is None          # no engagement figure: nothing to judge
+    # engaged on a collapsed champion: no watch (retiring would serve the collapsed champion again; its figure at
+    # engagement came from pairs partly before the change)
+    assert policy.retire(config, True, flipped, {"champion_accuracy": "0.900000", "rule": "collapse"}) is None
     assert policy.retire(config, False, flipped, {"champion_accuracy": "0.9"}) is None
 
 

@@ -173,3 +173,25 @@ def test_window_growth_retrains_as_the_post_change_window_doubles_up_to_the_cap(
     assert w.growth_due(2000) is None
     w.signal(3400, "drift", "a new change")
     assert w.growth_reason() == "drift" and w.growth_due(2000) is None     # no trigger on the new one yet
+
+
+def test_a_new_champion_that_decays_after_a_trigger_fired_starts_a_new_change_point():
+    """Promoted just as the concept changed again, a champion starts with a high error (ADWIN on its own error
+    stream sees no rise): its decay replaces the change point the earlier triggers fired on, so the decay
+    trigger waits for min_post_change_labels after it, not for the old point's doubling (3,200)."""
+    rng = random.Random(4)
+    w = LabelWindow(min_post_change_labels=200)
+    _feed(w, 1000, accuracy=0.95, rng=rng)
+    w.signal(1001, "adwin", "first change")
+    _feed(w, 1700, start=1000, accuracy=0.9, rng=rng)
+    for _ in range(3):
+        w.fired(200)
+    assert w.change.next_due == 3200 and w.waiting_for(200) == 1500
+    assert w.on_decay(200) is None                         # decay of the same champion: the same change
+    w.on_promotion()                                       # a new champion, then it decays
+    _feed(w, 300, start=2700, accuracy=0.4, rng=rng)
+    cp = w.on_decay(200)
+    assert cp is not None and cp.signal == "decay" and cp.seq == w.primary_seqs[-200]
+    assert cp.post_change_labels == 200 and not w.decay_restarts
+    assert w.waiting_for(200) is None and w.waiting_for(400) == 200   # the decayed window is the evidence
+    assert w.on_decay(200) is None                         # once: the new point gathers its evidence

@@ -99,6 +99,16 @@ class DemoOptions:
     """Compute river HAT, river ARF and the sliding-window retrain on the same events (a low-priority
     subprocess while streaming)."""
     progress_interval_s: float = 5.0
+    max_label_lag: int = 100
+    """Labels the processors may be behind the reviewers before the stream waits for them (0: never
+    wait). Effectiveness is counted in events: on a busy machine the processors worker falls behind
+    the wall-clock rate, so without this the loop's reactions would arrive thousands of events late
+    and its figures would measure the machine's load, not its decisions (the peers learn every label
+    the event it is due). The lag is the feedback logged minus the labeled examples the serving app's
+    labeled-examples feed has delivered (so only with an online fallback configured); the time the
+    stream waited is in the summary (``paced_s``)."""
+    max_pace_wait_s: float = 30.0
+    """Longest single wait for the processors (then the stream goes on regardless)."""
 
     @classmethod
     def quick(cls, **overrides) -> "DemoOptions":
@@ -365,6 +375,10 @@ class _Clock:
         self.t0 = time.monotonic()
         self.n = 0
 
+    def restart(self) -> None:
+        """Pace from now on (after a wait for the processors: no burst to catch up)."""
+        self.t0 = time.monotonic() - self.n / self.rate if self.rate > 0 else self.t0
+
     def tick(self) -> None:
         self.n += 1
         if self.rate > 0:
@@ -457,6 +471,11 @@ class _Served:
     prediction_ids: list[str] = field(default_factory=list)
     reviews: list = field(default_factory=list)
     recent: deque = field(default_factory=lambda: deque(maxlen=500))
+    feedback_logged: int = 0
+    unmatched_feedback: int = 0
+    """Feedback given up on by the pacing (still no labeled example after ``max_pace_wait_s``)."""
+    paced_s: float = 0.0
+    """Seconds the stream waited for the processors (``DemoOptions.max_label_lag``)."""
 
 
 def _run(settings: Settings, options: DemoOptions, scenario: Scenario, progress: Callable[[str], None],
@@ -481,6 +500,7 @@ def _run(settings: Settings, options: DemoOptions, scenario: Scenario, progress:
         served = _stream(ctx, loop, phases)
     _check_served(ctx, loop, served, scheduled)
     summary, closed, served_labels = _loop_figures(ctx, served)
+    summary["paced_s"] = round(served.paced_s, 1)
     comparison = _effectiveness(ctx, served, served_labels, pool, peers_future, frozen)
     report_path = _report(ctx) if options.report else None
     import gc
@@ -709,7 +729,33 @@ def _serve(ctx: _RunContext, loop: _Loop, sample: Sample, served: _Served) -> No
     for r in loop.reviewers.due(sample.index):
         loop.client.log_feedback(r.prediction_id, ctx.dep_name, label=r.label, feedback_type=r.feedback_type,
                                  verdict=r.verdict, reviewer=r.reviewer)
+        served.feedback_logged += 1
     loop.clock.tick()
+    served.paced_s += _wait_for_processors(ctx, loop, served)
+
+
+def _wait_for_processors(ctx: _RunContext, loop: _Loop, served: _Served) -> float:
+    """While the processors are more than ``max_label_lag`` labels behind the feedback logged (the serving
+    app's labeled-examples feed says how many arrived), wait, up to ``max_pace_wait_s``; returns the
+    seconds waited (the wall-clock pace restarts after a wait: no burst to catch up)."""
+    limit = ctx.options.max_label_lag
+    if limit <= 0 or loop.deployment.online_learner is None:
+        return 0.0
+
+    def lag() -> int:
+        return served.feedback_logged - served.unmatched_feedback - loop.deployment.online_examples
+
+    if lag() <= limit:
+        return 0.0
+    started = time.monotonic()
+    deadline = started + ctx.options.max_pace_wait_s
+    while lag() > limit // 2 and time.monotonic() < deadline:
+        time.sleep(0.05)  # pacing the simulated traffic to the loop's throughput, not synchronisation
+    if lag() > limit // 2:   # feedback that never became an example (e.g. not joined): stop waiting for it
+        served.unmatched_feedback += lag()
+    waited = time.monotonic() - started
+    loop.clock.restart()
+    return waited
 
 
 def _progress_line(ctx: _RunContext, loop: _Loop, sample: Sample, served: _Served) -> str:
@@ -917,6 +963,7 @@ def render_summary(result: DemoResult) -> str:
         ("per drift: -> promotion of the model serving its end (s)", _seconds(lat.get("drift_to_recovering_promotion_s"))),
         ("dead letters", s["dead_letters"]),
         ("wall time", f"{result.elapsed_s:.0f}s"),
+        ("stream waited for the processors (max_label_lag)", f"{s.get('paced_s', 0.0):.0f}s"),
     ]
     width = max(len(r[0]) for r in rows)
     lines = ["", "ctloop demo summary (from the events on the topics)", "=" * (width + 40)]
