@@ -17,9 +17,9 @@ its place; a retrained champion promoted over it retires it (the fold rule: :mod
   least ``fast_promotion_min_samples`` pairs are in (a floor of 10 when that is 0), the learner is better
   by >= ``promotion_threshold`` and the exact McNemar p-value is below ``significance_level``.
 * Retirement: ``active`` false when the setting is turned off or continuous deployment is disabled
-  while the fallback is active (a timer, owner only), or when the learner's prequential accuracy over
-  its last ``performance_window`` examples falls below the champion accuracy it was engaged on minus
-  ``rollback_margin``, significantly (the fallback's rollback watch, after each batch).
+  while the fallback is active (a timer, owner only); otherwise a promotion retires it (a shadow that
+  overtakes the serving learner is promoted: ``PromotionPolicy.over_fallback``). No rollback watch
+  on the learner (see :meth:`FallbackPolicy.retire`).
 * Every switch names the latest decision it saw (``expected_decision``): a duplicate decision by two
   owners during a rebalance is refused by every fold. A switch emitted is not repeated until the fold
   has read it back (applied or refused).
@@ -39,7 +39,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from processors.ownership import Ownership, forward_to_owners
-from processors.statistics import binomial_pvalue, champion_collapse, mcnemar_pvalue
+from processors.statistics import champion_collapse, mcnemar_pvalue
 from streams import catalog as ev
 from streams.fallback_fold import FallbackFold, online_version
 from streams.serde import new_event
@@ -199,43 +199,22 @@ class FallbackPolicy:
                             f"the online learner had {learn:.4f} on them ({learn - champ:+.4f} >= {threshold:g})",
                       evidence)
 
-    def retire(self, config: dict, active: bool, tracker: FallbackTracker | None = None,
-               engaged_evidence: dict | None = None) -> Switch | None:
+    def retire(self, config: dict, active: bool) -> Switch | None:
         """Retire an active fallback whose setting was turned off or whose continuous deployment was
-        disabled, or (the fallback's rollback watch) whose prequential accuracy over its last full
-        window of examples fell below the champion accuracy it was engaged on (``engaged_evidence``
-        ``champion_accuracy``) minus ``rollback_margin``, with a one-sided binomial p <
-        significance_level; not after an engagement by the collapse rule (evidence ``rule`` collapse).
-        Else None (a promoted champion retires it by the fold rule, with no switch)."""
+        disabled. Else None: a promoted champion retires it (the fold rule, no switch), and a shadow that
+        overtakes it is promoted (``PromotionPolicy.over_fallback``).
+
+        There is no rollback watch on the learner: while it serves, the champion's predictions are not
+        made, so nothing says the champion would do better, and the figure the champion had at
+        engagement is stale after the next change (a demo run retired a learner 500 events into a new
+        concept and served the champion that had collapsed on it)."""
         if not active:
             return None
         if not config.get("online_fallback"):
             return Switch(False, "online_fallback turned off", {"online_fallback": ""})
         if not config.get("continuous_deployment_enabled"):
             return Switch(False, "continuous deployment disabled", {"continuous_deployment_enabled": "false"})
-        raw = (engaged_evidence or {}).get("champion_accuracy")
-        if tracker is None or raw in (None, "") or len(tracker.learner_correct) < tracker.window:
-            return None
-        if (engaged_evidence or {}).get("rule") == "collapse":
-            # engaged on a collapsed champion: its accuracy then (on pairs partly before the change) is no
-            # level to hold the learner to, and retiring would serve the collapsed champion again; a
-            # promotion retires the fallback
-            return None
-        baseline = float(raw)
-        margin = float(config.get("rollback_margin", 0.05))
-        alpha = float(config.get("significance_level", 0.05))
-        n = len(tracker.learner_correct)
-        hits = sum(tracker.learner_correct)
-        acc = hits / n
-        if acc >= baseline - margin:
-            return None
-        p = binomial_pvalue(hits, n, baseline, "less")
-        if p >= alpha:
-            return None
-        return Switch(False, f"online learner accuracy {acc:.4f} over its last {n} labeled examples is below the "
-                             f"champion's {baseline:.4f} it replaced minus margin {margin:g} (binomial p={p:.3g})",
-                      {"learner_accuracy": f"{acc:.6f}", "baseline_accuracy": f"{baseline:.6f}",
-                       "rollback_margin": f"{margin:g}", "window": str(n), "pvalue": f"{p:.6g}"})
+        return None
 
 
 def switch_record(catalog, deployment: str, switch: Switch, *, learner: str, champion: str | None,
@@ -481,11 +460,10 @@ def register(app, ctx) -> None:
                 with lock:
                     config = dict(configs.get(dep) or {})
                     active = fold.active(dep)
-                    state = fold.state(dep)
                 if active:
                     tracker.pairs.clear()   # a later engagement is judged on champion-served pairs after this one
                 switch = policy.engage(config, tracker, active, champion_accuracy_of(dep)) or \
-                    policy.retire(config, active, tracker, state.evidence if state is not None else None)
+                    policy.retire(config, active)
                 if switch is not None:
                     try:
                         await emit(dep, switch, config.get("online_fallback") or "")

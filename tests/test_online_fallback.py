@@ -232,28 +232,6 @@ def test_demo_summary_counts_engagements_retirements_and_predictions_served_by_t
     assert s["fallback_active_at_end"] and s["fallback_predictions"] == 3
 
 
-def test_the_fallbacks_rollback_watch_retires_a_learner_that_fell_below_the_champion_it_replaced():
-    policy = FallbackPolicy()
-    config = {**CONFIG, "rollback_margin": 0.05}
-    tracker = FallbackTracker("hat", window=200)
-    feed(tracker, 200, lambda r: False, version="online:hat")   # learns the rule: good prequential accuracy
-    engaged = {"champion_accuracy": "0.600000"}
-    assert policy.retire(config, True, tracker, engaged) is None
-    flipped = FallbackTracker("hat", window=200)
-    rnd = random.Random(3)
-    for _ in range(200):                       # labels at random: the learner cannot be right more than by chance
-        x = {"x": rnd.random(), "y": rnd.random()}
-        flipped.add(x, rnd.choice("ab"), None, "online:hat", "primary", "v1")
-    decision = policy.retire(config, True, flipped, {"champion_accuracy": "0.900000"})
-    assert decision is not None and not decision.active and float(decision.evidence["pvalue"]) < 0.05
-    assert "below the champion's 0.9000" in decision.reason
-    assert policy.retire(config, True, flipped, None) is None          # no engagement figure: nothing to judge
-    # engaged on a collapsed champion: no watch (retiring would serve the collapsed champion again; its figure at
-    # engagement came from pairs partly before the change)
-    assert policy.retire(config, True, flipped, {"champion_accuracy": "0.900000", "rule": "collapse"}) is None
-    assert policy.retire(config, False, flipped, {"champion_accuracy": "0.9"}) is None
-
-
 def test_status_explains_that_the_shadow_is_judged_against_a_serving_fallback():
     from infra.commands.serving import policy_waiting
 
