@@ -58,6 +58,8 @@ LOOP_SETTINGS_SHOWN = ("training_window", "training_window_labels", "training_wi
 
 @dataclass
 class DemoOptions:
+    """Options of one demo run (``ctloop demo``): scenario, stream size and pace, label share and delay,
+    and the loop settings the run configures; :meth:`check` raises ValueError naming a bad one."""
     deployment: str = "demo"
     scenario: str = DEFAULT_SCENARIO
     """One of infra.demo.scenarios.SCENARIOS."""
@@ -140,6 +142,9 @@ class DemoOptions:
 
 @dataclass
 class DemoResult:
+    """What one demo run found: the ``summary`` recomputed from the topics (dict of counts, latencies,
+    accuracies), the effectiveness ``comparison`` (None when it failed), the HTML report path (None when not
+    written), the drift points (event indexes), wall time (seconds), problems and per-drift closure."""
     settings: Settings
     options: DemoOptions
     summary: dict
@@ -154,6 +159,7 @@ class DemoResult:
 
     @property
     def loop_closed(self) -> bool:
+        """True when the policy promoted at least one model and at least one candidate was rejected."""
         return self.summary["promotions"] >= 1 and self.summary["candidates_rejected"] >= 1
 
     @property
@@ -163,6 +169,9 @@ class DemoResult:
         return all(self.closed) and self.summary["candidates_rejected"] >= 1 and not self.problems
 
     def as_dict(self) -> dict:
+        """The summary dict plus the run's scenario, seed, drift points, per-drift closure, loop settings,
+        elapsed_s (seconds, 1 decimal), report path (str or None), problems, ok and effectiveness (when compared);
+        JSON-serialisable with ``default=str``."""
         out = dict(self.summary)
         out["scenario"] = self.options.scenario
         out["seed"] = self.options.seed
@@ -181,6 +190,8 @@ class DemoResult:
 # --- processes and threads -------------------------------------------------------------------------
 
 def settings_env(settings: Settings) -> dict[str, str]:
+    """A copy of ``os.environ`` with every Settings field as ``CTLOOP_<FIELD>`` (booleans as
+    ``true``/``false``, others ``str``) and ``PYTHONUNBUFFERED=1`` unless set."""
     env = dict(os.environ)
     for f in dataclasses.fields(settings):
         value = getattr(settings, f.name)
@@ -199,6 +210,7 @@ class ProcessorsProcess:
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout_s: float = 90.0) -> "ProcessorsProcess":
+        """:meth:`launch` then :meth:`wait_ready` (``timeout_s`` seconds; raises as it does); returns self."""
         return self.launch().wait_ready(timeout_s)
 
     def launch(self) -> "ProcessorsProcess":
@@ -227,9 +239,11 @@ class ProcessorsProcess:
         return self
 
     def alive(self) -> bool:
+        """True while the subprocess was launched and has not exited."""
         return self.proc is not None and self.proc.poll() is None
 
     def tail(self, n: int = 3000) -> str:
+        """The last ``n`` characters of the worker's log; "" when it cannot be read."""
         try:
             return self.log_path.read_text(errors="replace")[-n:]
         except OSError:
@@ -247,6 +261,7 @@ class ProcessorsProcess:
         return "\n".join(text[-lines:])
 
     def stop(self, timeout_s: float = 20.0) -> None:
+        """SIGTERM the worker and wait ``timeout_s`` seconds, then SIGKILL; no-op when not running."""
         if self.proc is None or self.proc.poll() is not None:
             return
         self.proc.send_signal(signal.SIGTERM)
@@ -286,18 +301,22 @@ class TrainerThread:
             self.on_ready(self.trainer_id)
 
     def start(self) -> "TrainerThread":
+        """Start the trainer thread; returns self."""
         self._thread.start()
         return self
 
     def request_stop(self) -> None:
+        """Ask the trainer to stop without waiting for it."""
         self._stop.set()
 
     def stop(self, timeout_s: float = 60.0) -> bool:
+        """Ask the trainer to stop and join it for ``timeout_s`` seconds; True when the thread ended."""
         self._stop.set()
         self._thread.join(timeout_s)
         return not self._thread.is_alive()
 
     def alive(self) -> bool:
+        """True while the trainer thread runs."""
         return self._thread.is_alive()
 
 
@@ -330,6 +349,7 @@ class LoopMonitor:
                 self.events.append((event.event_type, event.value))
 
     def start(self, timeout_s: float = 30.0) -> "LoopMonitor":
+        """Start following and wait until caught up (TimeoutError after ``timeout_s`` seconds); returns self."""
         self.follower.start()
         self.follower.wait_caught_up(timeout_s)
         return self
@@ -351,6 +371,8 @@ class LoopMonitor:
         return [p["model_version"] for p in self.of(ev.MODEL_PROMOTED) if p.get("decided_by") == "policy"]
 
     def counts(self) -> dict:
+        """Events of the deployment seen so far by type: dict with keys triggers, runs, registered, rejected,
+        promoted, rolled_back (event counts)."""
         from streams import catalog as ev
 
         with self.lock:
@@ -362,6 +384,7 @@ class LoopMonitor:
                 "promoted": c.get(ev.MODEL_PROMOTED, 0), "rolled_back": c.get(ev.MODEL_ROLLED_BACK, 0)}
 
     def stop(self) -> None:
+        """Stop the follower thread."""
         self.follower.stop()
 
 
@@ -380,6 +403,8 @@ class _Clock:
         self.t0 = time.monotonic() - self.n / self.rate if self.rate > 0 else self.t0
 
     def tick(self) -> None:
+        """Count one event and sleep until its slot at ``rate`` events/s; more than 2 s behind, re-base
+        instead of bursting to catch up."""
         self.n += 1
         if self.rate > 0:
             ahead = self.t0 + self.n / self.rate - time.monotonic()
@@ -405,6 +430,8 @@ def compute_peers(samples: list[Sample], reviews: list, initial: tuple[list[dict
 
 
 def build_scenario(options: DemoOptions) -> Scenario:
+    """The options' scenario: ``drifts + 1`` concepts of ``concept_events`` events each, seeded;
+    raises as :func:`infra.demo.scenarios.make_scenario` does for an unknown name."""
     return make_scenario(options.scenario, seed=options.seed, concepts=options.drifts + 1,
                          concept_events=options.concept_events, initial_examples=options.initial_examples)
 
@@ -443,6 +470,7 @@ class _RunContext:
 
     @property
     def dep_name(self) -> str:
+        """The demo's deployment name (``options.deployment``)."""
         return self.options.deployment
 
 
@@ -930,6 +958,8 @@ def _seconds(values) -> str:
 
 
 def render_summary(result: DemoResult) -> str:
+    """The run's summary as a plain-text table (rows of name and value), then rejections, deployment
+    settings, the effectiveness comparison, the report path, the verdict line and any problems."""
     s = result.summary
     lat = s["latency"]
     acc = s.get("accuracy", {})
