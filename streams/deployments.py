@@ -92,6 +92,8 @@ class DeploymentSettingsClient:
         return state
 
     def current(self, deployment: str) -> dict:
+        """The current settings dict of ``deployment`` (schema defaults when it has none). Raises
+        TimeoutError when the deployments topic cannot be read to its end within 15 s."""
         return self.all().get(deployment) or default_settings(deployment, self.serde.catalog)
 
     def configure(self, deployment: str, change: str = "configure", **fields) -> dict:
@@ -116,6 +118,8 @@ class DeploymentSettingsClient:
     # -- the named operations ---------------------------------------------------------------------
     def setup_feedback_loop(self, deployment: str, *, model_name: str | None = None, enabled: bool = True,
                             model_factory: str | None = None, min_training_examples: int | None = None) -> dict:
+        """Turn the feedback loop on or off and set its model (``model_factory``:
+        ``module:function``; ``min_training_examples``: labeled examples, >= 0). Returns the published settings dict; raises InvalidEvent naming the field."""
         fields = {"feedback_loop_enabled": bool(enabled)}
         if model_name is not None:
             fields["model_name"] = model_name
@@ -128,17 +132,24 @@ class DeploymentSettingsClient:
         return self.configure(deployment, "setup_feedback_loop", **fields)
 
     def attach_dataset_version(self, deployment: str, uri: str | None) -> dict:
+        """Attach the base dataset (URI of a .csv or .parquet file; None
+        detaches it): an ``all`` training window adds its rows, drift takes it as its reference. Returns the published settings dict; raises InvalidEvent naming the field."""
         if uri is not None and (not isinstance(uri, str) or not uri.lower().endswith((".csv", ".parquet", ".pq"))):
             raise InvalidEvent("dataset_version", f"expected the URI of a .csv or .parquet file, got {uri!r}")
         return self.configure(deployment, "attach_dataset_version", dataset_version=uri)
 
     def toggle_feedback_loop(self, deployment: str, enabled: bool) -> dict:
+        """Turn the feedback loop on or off; returns the published settings dict."""
         return self.configure(deployment, "toggle_feedback_loop", feedback_loop_enabled=bool(enabled))
 
     def setup_continuous_training(self, deployment: str, *, trigger_threshold: int = 0, drift_threshold: float = 0.0,
                                   schedule=None, performance_decay_threshold: float = 0.0,
                                   cooldown_seconds: int | None = None, training_mode: str | None = None,
                                   enabled: bool = True) -> dict:
+        """Configure the retraining triggers: ``trigger_threshold``
+        (labels, 0 off), ``drift_threshold`` and ``performance_decay_threshold`` (fractions in [0, 1], 0 off),
+        ``schedule`` (see :func:`parse_schedule`), ``cooldown_seconds`` and ``training_mode`` (full or finetune).
+        Returns the published settings dict; raises InvalidEvent naming the field."""
         fields = {
             "continuous_training_enabled": bool(enabled),
             "trigger_threshold": _count("trigger_threshold", trigger_threshold),
@@ -180,9 +191,13 @@ class DeploymentSettingsClient:
         return self.configure(deployment, "setup_online_fallback", online_fallback=learner)
 
     def toggle_continuous_training(self, deployment: str, enabled: bool) -> dict:
+        """Turn continuous training on or off; returns the published
+        settings dict."""
         return self.configure(deployment, "toggle_continuous_training", continuous_training_enabled=bool(enabled))
 
     def set_shadow_model(self, deployment: str, version: str | None, *, canary_fraction: float | None = None) -> dict:
+        """Serve ``version`` as the shadow (None: no shadow) and optionally set
+        ``canary_fraction`` (in [0, 1]). Returns the published settings dict; raises InvalidEvent naming the field."""
         fields = {"shadow_model_version": version}
         if canary_fraction is not None:
             fields["canary_fraction"] = _fraction("canary_fraction", canary_fraction)
@@ -192,6 +207,10 @@ class DeploymentSettingsClient:
                                     metric: str = "accuracy", significance_level: float = 0.05,
                                     rollback_margin: float = 0.05, enabled: bool = True,
                                     fast_promotion_min_samples: int | None = None) -> dict:
+        """Configure the promotion policy: ``promotion_threshold``,
+        ``significance_level`` and ``rollback_margin`` (fractions in [0, 1]), ``min_samples`` and
+        ``fast_promotion_min_samples`` (labeled pairs, >= 0), ``metric`` (one of :data:`PROMOTION_METRICS`).
+        Returns the published settings dict; raises InvalidEvent naming the field."""
         if metric not in PROMOTION_METRICS:
             raise InvalidEvent("promotion_metric", f"must be one of {PROMOTION_METRICS}, got {metric!r}")
         return self.configure(
@@ -204,8 +223,11 @@ class DeploymentSettingsClient:
                {"fast_promotion_min_samples": _count("fast_promotion_min_samples", fast_promotion_min_samples)}))
 
     def toggle_continuous_deployment(self, deployment: str, enabled: bool) -> dict:
+        """Turn continuous deployment on or off; returns the
+        published settings dict."""
         return self.configure(deployment, "toggle_continuous_deployment", continuous_deployment_enabled=bool(enabled))
 
     def close(self) -> None:
+        """Close the producer when this client created it."""
         if self._owns_producer:
             self.producer.close()

@@ -45,6 +45,10 @@ ALIASES = ("champion", "challenger", "archived", "rejected", "rolled_back")
 
 @dataclass
 class ModelVersion:
+    """One registered model version of a deployment, as the fold sees it: ``alias`` one of
+    :data:`ALIASES`; ``metrics`` metric name to value, as registered; ``model_config`` string to string; ``lineage`` the
+    registration's lineage dict, else its run's TrainingRunFinished one (None when neither has one);
+    ``registered_at`` epoch milliseconds."""
     deployment: str
     model_name: str
     version: str
@@ -63,6 +67,8 @@ class ModelVersion:
 
 @dataclass
 class RunRecord:
+    """One training run folded from TrainingRunStarted/Finished/Failed: ``started_at`` the start event's
+    event_time (epoch ms, None until folded); ``finished``/``failed`` the event's value dict once folded."""
     run_id: str
     deployment: str
     trigger_id: str
@@ -74,6 +80,7 @@ class RunRecord:
 
     @property
     def status(self) -> str:
+        """``"failed"``, ``"finished"`` or ``"running"`` (failed wins when both were folded)."""
         if self.failed is not None:
             return "failed"
         if self.finished is not None:
@@ -130,6 +137,9 @@ class ModelRegistry:
     # -- loading ------------------------------------------------------------------------------------
     @classmethod
     def load(cls, settings, timeout_s: float = 15, serde=None) -> "ModelRegistry":
+        """Read model-updates, then model-lifecycle, to their end and fold them (what is still held is
+        refused as "unknown version"). Raises TimeoutError when a topic's end is not reached within ``timeout_s``
+        seconds."""
         from streams.consumer import read_to_end
         from streams.topics import Topics
 
@@ -195,6 +205,8 @@ class ModelRegistry:
         return self._deployments.setdefault(deployment, _DeploymentState())
 
     def apply(self, event_type: str, value: dict) -> None:
+        """Fold one event (once per ``event_id``: redelivered ones are ignored); other event types are
+        ignored. Calls ``on_decision`` after a model-updates decision (not an evaluation-stage rejection)."""
         event_id = value.get("event_id")
         if event_id is not None:
             if event_id in self._seen_events:  # at-least-once delivery: fold each event once
@@ -255,6 +267,7 @@ class ModelRegistry:
         return None
 
     def refusals_of(self, deployment: str) -> list[Refusal]:
+        """The refused decisions of ``deployment``, in fold order."""
         return [r for r in self.refusals if r.deployment == deployment]
 
     def _set_champion(self, state: _DeploymentState, version: str) -> None:
@@ -331,6 +344,7 @@ class ModelRegistry:
 
     # -- queries ------------------------------------------------------------------------------------
     def deployments(self) -> list[str]:
+        """Names of the deployments the fold has seen, sorted."""
         return sorted(self._deployments)
 
     def versions(self, deployment: str) -> list[ModelVersion]:
@@ -339,10 +353,13 @@ class ModelRegistry:
         return list(state.versions.values()) if state else []
 
     def get(self, deployment: str, version: str) -> ModelVersion | None:
+        """Version ``version`` of ``deployment``; None when unknown."""
         state = self._deployments.get(deployment)
         return state.versions.get(version) if state else None
 
     def champion(self, deployment: str) -> ModelVersion | None:
+        """The current champion of ``deployment`` (the latest in its champion history still aliased
+        champion); None when it has none."""
         state = self._deployments.get(deployment)
         if not state:
             return None
@@ -370,9 +387,12 @@ class ModelRegistry:
                 if mv.trigger_id == trigger_id and mv.alias == "challenger"]
 
     def is_trigger_done(self, trigger_id: str) -> bool:
+        """True once a run of the trigger failed or its candidate was decided (registered or
+        rejected)."""
         return trigger_id in self.done_triggers
 
     def runs_of_trigger(self, trigger_id: str) -> list[RunRecord]:
+        """The runs started for ``trigger_id`` (RunRecord, in fold order)."""
         return [r for r in self.runs.values() if r.trigger_id == trigger_id]
 
 
@@ -398,6 +418,9 @@ class HeldUpdateRelease:
         self._target: tuple[int, int] | None = None   # (end offset asked, held updates it covers)
 
     def check(self) -> None:
+        """Refuse the held updates once model-lifecycle was read to the end offset asked after they
+        were held; asks ``end_offset()`` when something is held and no target is set (a failure is logged and
+        retried at the next call)."""
         held = len(self.registry.held)
         if not held:
             self._target = None
