@@ -119,7 +119,8 @@ class DeploymentSettingsClient:
     def setup_feedback_loop(self, deployment: str, *, model_name: str | None = None, enabled: bool = True,
                             model_factory: str | None = None, min_training_examples: int | None = None) -> dict:
         """Turn the feedback loop on or off and set its model (``model_factory``:
-        ``module:function``; ``min_training_examples``: labeled examples, >= 0). Returns the published settings dict; raises InvalidEvent naming the field."""
+        ``module:function``; ``min_training_examples``: labeled examples, >= 0). Returns the published
+        settings dict; raises InvalidEvent naming the field."""
         fields = {"feedback_loop_enabled": bool(enabled)}
         if model_name is not None:
             fields["model_name"] = model_name
@@ -133,7 +134,8 @@ class DeploymentSettingsClient:
 
     def attach_dataset_version(self, deployment: str, uri: str | None) -> dict:
         """Attach the base dataset (URI of a .csv or .parquet file; None
-        detaches it): an ``all`` training window adds its rows, drift takes it as its reference. Returns the published settings dict; raises InvalidEvent naming the field."""
+        detaches it): an ``all`` training window adds its rows, drift takes it as its reference. Returns
+        the published settings dict; raises InvalidEvent naming the field."""
         if uri is not None and (not isinstance(uri, str) or not uri.lower().endswith((".csv", ".parquet", ".pq"))):
             raise InvalidEvent("dataset_version", f"expected the URI of a .csv or .parquet file, got {uri!r}")
         return self.configure(deployment, "attach_dataset_version", dataset_version=uri)
