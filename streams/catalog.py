@@ -40,6 +40,7 @@ DEAD_LETTER = "DeadLetter"
 
 
 def schema_dir() -> Path:
+    """The folder of the installed ``schemas`` package (the ``*.avsc`` files)."""
     return Path(str(resources.files("schemas")))
 
 
@@ -55,6 +56,8 @@ def _strip_logical_types(node):
 
 @dataclass(frozen=True)
 class EventSchema:
+    """One event's Avro schema: its short ``name``, the ``.avsc`` ``path`` and the parsed JSON
+    ``definition`` (dict); derived forms (canonical form, fingerprint, fastavro schema) are cached."""
     name: str
     """Short record name, e.g. PredictionLogged."""
     path: Path
@@ -62,10 +65,12 @@ class EventSchema:
 
     @cached_property
     def full_name(self) -> str:
+        """The namespaced record name, e.g. ``ctloop.events.PredictionLogged``."""
         return f"{self.definition.get('namespace', NAMESPACE)}.{self.name}"
 
     @cached_property
     def canonical_form(self) -> str:
+        """The Avro parsing canonical form of the definition (the string the fingerprint hashes)."""
         return to_parsing_canonical_form(fastavro.parse_schema(copy.deepcopy(self.definition)))
 
     @cached_property
@@ -81,10 +86,12 @@ class EventSchema:
 
     @cached_property
     def field_names(self) -> tuple[str, ...]:
+        """The record's field names, in schema order."""
         return tuple(f["name"] for f in self.definition["fields"])
 
     @cached_property
     def defaults(self) -> dict:
+        """Field name to default value, for the fields that declare a default."""
         return {f["name"]: f["default"] for f in self.definition["fields"] if "default" in f}
 
 
@@ -129,9 +136,11 @@ class SchemaCatalog:
         return iter(self._by_name.values())
 
     def names(self) -> list[str]:
+        """Short names of every event type in the catalog, sorted."""
         return sorted(self._by_name)
 
     def by_fingerprint(self, fp: bytes) -> EventSchema | None:
+        """The current schema with this 8-byte fingerprint; None when none has it."""
         return self._by_fingerprint.get(fp)
 
     def released_by_fingerprint(self, fp: bytes) -> tuple[EventSchema, EventSchema] | None:
@@ -140,6 +149,8 @@ class SchemaCatalog:
         return self._released.get(fp)
 
     def by_full_name(self, full_name: str) -> EventSchema | None:
+        """The schema whose short name ends ``full_name`` (the namespace is not compared); None
+        when unknown."""
         return self._by_name.get(full_name.rsplit(".", 1)[-1])
 
 

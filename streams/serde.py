@@ -38,16 +38,21 @@ class DecodeError(ValueError):
 
 
 class EncodeError(ValueError):
+    """A record that cannot be encoded (a missing, unknown or ill-typed field); the message names the event
+    type and, when it can, the field."""
     pass
 
 
 @dataclass(frozen=True)
 class Decoded:
+    """A decoded event: ``event_type`` the short record name (e.g. PredictionLogged) and ``value`` the record
+    dict in the current catalog schema (fields of an older released writer resolved to it)."""
     event_type: str
     value: dict
 
 
 def now_ms() -> int:
+    """Wall-clock time as epoch milliseconds (the unit of every ``event_time``)."""
     return time.time_ns() // 1_000_000
 
 
@@ -87,6 +92,8 @@ class Serde:
 
     @classmethod
     def from_settings(cls, settings, catalog: SchemaCatalog | None = None) -> "Serde":
+        """A Serde with a Schema Registry client when ``settings.schema_registry_url`` is set (a
+        ``mock://`` URL gives confluent's in-memory registry), else single-object encoding."""
         registry = None
         if settings.schema_registry_url:
             from confluent_kafka.schema_registry import SchemaRegistryClient
@@ -104,6 +111,8 @@ class Serde:
         return enc
 
     def encode_body(self, event_type: str, record: dict) -> bytes:
+        """The Avro binary body of ``record`` (no framing). Raises KeyError for an unknown event type and
+        EncodeError naming the field when the record does not fit the schema."""
         schema, enc = self._encoder(event_type)
         try:
             return enc(record)
@@ -112,6 +121,9 @@ class Serde:
             raise EncodeError(f"{event_type}: {_describe(schema, record, exc)}") from None
 
     def encode(self, event_type: str, record: dict, topic: str | None = None) -> bytes:
+        """``record`` framed: single-object encoding (``C3 01`` + 8-byte fingerprint + body) without a registry,
+        else Confluent framing (``00`` + 4-byte big-endian schema id registered for ``topic`` + body).
+        Raises as :meth:`encode_body` does."""
         body = self.encode_body(event_type, record)
         if self.registry is None:
             schema = self._encoder(event_type)[0]
@@ -119,9 +131,13 @@ class Serde:
         return CONFLUENT_MAGIC + struct.pack(">I", self.registry_id(event_type, topic or "ctloop")) + body
 
     def single_object_header(self, event_type: str) -> bytes:
+        """The 10-byte single-object header of ``event_type``: ``C3 01`` + its 8-byte
+        fingerprint. Raises KeyError for an unknown event type."""
         return SINGLE_OBJECT_MAGIC + self._encoder(event_type)[0].fingerprint
 
     def registry_id(self, event_type: str, topic: str) -> int:
+        """The Schema Registry id of ``event_type`` under subject ``<topic>-<full record name>``,
+        registering the schema on first use (cached per event type and topic)."""
         key = (event_type, topic)
         sid = self._registry_ids.get(key)
         if sid is None:
@@ -135,6 +151,9 @@ class Serde:
 
     # -- decoding ---------------------------------------------------------------------------------
     def decode(self, data: bytes | None) -> Decoded:
+        """Decode one framed record (either framing) into a :class:`Decoded`. Raises DecodeError
+        (``error_type`` unknown_schema for an unknown fingerprint or schema id, else undecodable: empty, truncated,
+        unknown framing, an unparsable body or trailing bytes)."""
         if not data:
             raise DecodeError("empty value")
         if data[:2] == SINGLE_OBJECT_MAGIC:
