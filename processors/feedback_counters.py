@@ -36,6 +36,8 @@ FIELDS = ("predictions_logged", "feedback_received", "reviewed", "added_to_train
 
 
 class FeedbackCounters:
+    """The counters (:data:`FIELDS`, events) per ``deployment|topic|partition`` record, each with the
+    offset it covers (``off``), so a replayed event is not counted twice."""
     def __init__(self, table=None, store=None):
         """``table``: mapping of record key -> record (a faust Table or a dict); ``store(partition, key,
         value)`` persists one record (default: plain assignment)."""
@@ -47,6 +49,7 @@ class FeedbackCounters:
 
     @staticmethod
     def key(deployment: str, topic_key: str, partition: int) -> str:
+        """The record key ``deployment|topic_key|partition``."""
         return f"{deployment}|{topic_key}|{partition}"
 
     def count(self, deployment: str, topic_key: str, partition: int, offset: int | None, **increments: int) -> bool:
@@ -81,6 +84,8 @@ class FeedbackCounters:
         return out
 
     def totals(self) -> dict[str, dict[str, int]]:
+        """Per deployment, each counter of :data:`FIELDS` summed over its records:
+        {deployment: {counter: events}}."""
         out: dict[str, dict[str, int]] = {}
         for key, record in list(self.table.items()):
             deployment = key.rsplit("|", 2)[0]
@@ -98,6 +103,9 @@ class FeedbackCounters:
             self.baseline[deployment] = int(float(raw))
 
     def stats_record(self, deployment: str, totals: dict[str, int], trigger_threshold: int) -> dict:
+        """A FeedbackLoopStats record from ``totals`` (the deployment's sums of :data:`FIELDS`):
+        ``reviewed_since_last_training`` is added_to_training minus its value at the last trigger (>= 0),
+        ``progress`` that over ``trigger_threshold`` capped at 1.0 (0.0 when the threshold is 0)."""
         since = max(0, totals["added_to_training"] - self.baseline.get(deployment, 0))
         progress = min(1.0, since / trigger_threshold) if trigger_threshold > 0 else 0.0
         return new_event(ev.FEEDBACK_LOOP_STATS, deployment=deployment,
@@ -272,6 +280,7 @@ class StatsEmitter:
         self._urgent: set[str] = set()
 
     def changed(self, deployment: str) -> None:
+        """Mark ``deployment`` changed: sent by a later :meth:`due` within the rate limit."""
         self._dirty.add(deployment)
 
     def urgent(self, deployment: str) -> None:
@@ -280,6 +289,8 @@ class StatsEmitter:
         self._urgent.add(deployment)
 
     def due(self) -> list[str]:
+        """Deployments to send now (changed, and urgent or not sent for ``min_interval_s`` seconds);
+        marks them sent."""
         now = self.clock()
         ready = [d for d in self._dirty
                  if d in self._urgent or now - self._last.get(d, float("-inf")) >= self.min_interval_s]

@@ -25,6 +25,9 @@ from streams.serde import new_event
 
 @dataclass
 class JoinResult:
+    """What one join step produced: LabeledExample records to publish, counts for the feedback counters
+    (new reviews, new examples, duplicates, corrections, ignored; events), whether the prediction was a
+    re-send, and ``dead_letters`` as (prediction id, compact feedback dict with ``why`` when known)."""
     examples: list = field(default_factory=list)
     """LabeledExample records to publish."""
     new_reviews: int = 0
@@ -53,17 +56,24 @@ def resolve_label(feedback: dict, predicted: str | None) -> str | None:
 
 
 def compact_prediction(value: dict, src: list) -> dict:
+    """The state's compact form of a PredictionLogged ``value``: deployment, model_version, role,
+    features, label, ``time`` (its event_time, epoch ms) and ``src`` ([topic key, partition, offset])."""
     return {"deployment": value["deployment"], "model_version": value["model_version"], "role": value["role"],
             "features": value["features"], "label": value.get("label"), "time": value["event_time"], "src": src}
 
 
 def compact_feedback(value: dict, src: list, arrived_ms: int) -> dict:
+    """The state's compact form of a FeedbackReceived ``value``: event_id, deployment, feedback_type,
+    label, verdict, kind, reviewer, ``time`` (event_time, epoch ms), ``src`` ([topic key, partition, offset])
+    and ``arrived`` (the processor's clock when it arrived, epoch ms)."""
     return {"event_id": value["event_id"], "deployment": value["deployment"], "feedback_type": value["feedback_type"],
             "label": value.get("label"), "verdict": value.get("verdict"), "time": value["event_time"],
             "src": src, "arrived": arrived_ms, "kind": value.get("kind"), "reviewer": value.get("reviewer")}
 
 
 class FeedbackJoiner:
+    """The feedback join over one state mapping (see the module docstring); each ``on_*`` call updates
+    the prediction id's record through ``store`` and returns a :class:`JoinResult`."""
     def __init__(self, state, store, *, feedback_enabled=lambda deployment: True):
         """``state``: mapping prediction id -> record; ``store(partition, key, value_or_None)`` persists."""
         self.state = state
@@ -71,6 +81,9 @@ class FeedbackJoiner:
         self.feedback_enabled = feedback_enabled
 
     def on_prediction(self, pid: str, value: dict, src: list, now_ms: int) -> JoinResult:
+        """Fold a prediction (``src``: [topic key, partition, offset]; ``now_ms`` epoch ms): keep it,
+        join the feedback parked for it; a second prediction with the same id from another record is ignored
+        (``repeated``); the replay of the event that made a join re-emits its labeled example."""
         result = JoinResult()
         record = self.state.get(pid)
         record = dict(record) if record else {"p": None, "f": None, "q": [], "pt": src[1], "ts": now_ms}
@@ -106,6 +119,9 @@ class FeedbackJoiner:
         return result
 
     def on_feedback(self, pid: str, value: dict, src: list, now_ms: int) -> JoinResult:
+        """Fold a feedback event: ignored when the deployment's feedback loop is off, dead-lettered
+        when its prediction was, parked while the prediction is unknown, else joined (a new label: a
+        correction; the same label or event again: a duplicate)."""
         result = JoinResult()
         if not self.feedback_enabled(value["deployment"]):
             result.ignored = 1

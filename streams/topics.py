@@ -14,6 +14,9 @@ DAY_MS = 24 * 3600 * 1000
 
 @dataclass(frozen=True)
 class TopicSpec:
+    """One topic of the loop: its short ``key``, the event types allowed on it, the field used as record
+    key, whether it has ``default_partitions`` partitions or one, its topic ``config`` (str to str, e.g.
+    retention.ms) and a one-line ``description``."""
     key: str
     """Short name, e.g. "predictions"; the Kafka name is prefix + key."""
     event_types: tuple[str, ...]
@@ -69,9 +72,11 @@ class Topics:
 
     @classmethod
     def from_settings(cls, settings) -> "Topics":
+        """Topics under ``settings.topic_prefix`` with its default partitions and replication factor."""
         return cls(settings.topic_prefix, settings.default_partitions, settings.replication_factor)
 
     def name(self, key: str) -> str:
+        """The Kafka name of topic ``key`` (prefix + key). Raises KeyError naming the known keys."""
         if key not in self.specs:
             raise KeyError(f"unknown topic {key!r}; known: {', '.join(self.specs)}")
         return self.prefix + key
@@ -85,6 +90,7 @@ class Topics:
         raise AttributeError(item)
 
     def spec_of(self, topic_name: str) -> TopicSpec | None:
+        """The spec of a full Kafka topic name; None when it is not one of this prefix's topics."""
         return self._by_name.get(topic_name)
 
     def resolve(self, name_or_key: str) -> str:
@@ -96,9 +102,12 @@ class Topics:
         return name_or_key
 
     def partitions(self, key: str) -> int:
+        """Partitions topic ``key`` is created with: ``default_partitions``, or 1 for an unpartitioned one.
+        Raises KeyError for an unknown key."""
         return self.default_partitions if self.specs[key].partitioned else 1
 
     def all_names(self) -> list[str]:
+        """Kafka names of every topic, in :data:`SPECS` order."""
         return [self.name(k) for k in self.specs]
 
 
