@@ -24,6 +24,8 @@ COLORS = {"accuracy": "#1f77b4", "drift": "#d62728", "trigger": "#ff7f0e", "run"
 
 @dataclass
 class Marker:
+    """A loop event drawn on the accuracy plot: ``time_ms`` epoch ms, ``kind`` a key of :data:`COLORS`
+    (drift, trigger, run, failed, promoted, rolled_back, rejected, fallback_on, fallback_off), ``label`` its text."""
     time_ms: int
     kind: str
     label: str
@@ -31,6 +33,10 @@ class Marker:
 
 @dataclass
 class DeploymentData:
+    """Everything the report shows of one deployment, from ClickHouse: accuracy buckets of ``bucket_s``
+    seconds, markers, the funnel (logged, reviewed, added to training, trained on; events), shadow
+    comparisons, model versions (version, alias, registered ms, accuracy or None, training rows), the
+    feedback-to-model latency and the online fallback summary."""
     name: str
     accuracy: list[tuple[int, float, int]] = field(default_factory=list)
     """(bucket start ms, accuracy, labeled examples)"""
@@ -78,6 +84,8 @@ def fallback_summary(name: str, decisions: list[tuple]) -> tuple[dict, list[Mark
 
 # -- data -------------------------------------------------------------------------------------------
 def collect(client, database: str) -> list[DeploymentData]:
+    """Query ``database`` through the ClickHouse ``client`` for every deployment seen in predictions,
+    labeled examples or registrations; one :class:`DeploymentData` each, sorted by name."""
     def rows(sql, **params):
         return client.query(sql.replace("{db}", database), parameters=params).result_rows
 
@@ -188,12 +196,16 @@ class _Axes:
         self.x0, self.x1, self.y0, self.y1 = x0, x1, y0, y1
 
     def x(self, v: float) -> float:
+        """The SVG x coordinate (pixels) of data value ``v`` (time, epoch ms)."""
         return PAD_L + (v - self.x0) / (self.x1 - self.x0) * (WIDTH - PAD_L - PAD_R)
 
     def y(self, v: float) -> float:
+        """The SVG y coordinate (pixels) of data value ``v`` (the y axis grows downwards)."""
         return HEIGHT - PAD_B - (v - self.y0) / (self.y1 - self.y0) * (HEIGHT - PAD_T - PAD_B)
 
     def frame(self, title: str, y_label: str) -> list[str]:
+        """SVG elements of the plot's title, frame, y label, 5 horizontal grid lines with ticks and 4 UTC time
+        ticks."""
         parts = [f'<text x="{PAD_L}" y="16" class="title">{_esc(title)}</text>',
                  f'<rect x="{PAD_L}" y="{PAD_T}" width="{WIDTH - PAD_L - PAD_R}" height="{HEIGHT - PAD_T - PAD_B}" class="frame"/>',
                  f'<text x="12" y="{(HEIGHT - PAD_B + PAD_T) / 2}" class="axis" transform="rotate(-90 12 {(HEIGHT - PAD_B + PAD_T) / 2})">{_esc(y_label)}</text>']
@@ -225,6 +237,8 @@ def _legend(items: list[tuple[str, str]]) -> list[str]:
 
 
 def accuracy_svg(d: DeploymentData) -> str:
+    """Inline SVG of the deployment's live accuracy per bucket (0 to 1) over time, with its loop events as
+    coloured vertical markers; a one-line placeholder SVG when there is nothing to plot."""
     times = [t for t, _, _ in d.accuracy] + [m.time_ms for m in d.markers]
     if not times:
         return _svg(f"accuracy-{d.name}", ['<text x="20" y="24">no labeled examples yet</text>'], "accuracy over time", 40)
@@ -257,6 +271,8 @@ def accuracy_svg(d: DeploymentData) -> str:
 
 
 def funnel_svg(d: DeploymentData) -> str:
+    """Inline SVG bar chart of the feedback-loop funnel (logged, reviewed, added to training, trained on),
+    each bar with its count and share of logged."""
     labels = ("logged", "reviewed", "added to training", "trained on")
     top = max(d.funnel) or 1
     h = 40 + 34 * len(labels)
@@ -274,6 +290,8 @@ def funnel_svg(d: DeploymentData) -> str:
 
 
 def shadow_svg(d: DeploymentData) -> str:
+    """Inline SVG of champion (primary) versus shadow accuracy per shadow comparison over time; a placeholder
+    SVG when no comparison has both accuracies."""
     pts = [(t, pa, sa) for t, _pv, _sv, pa, sa, _n in d.shadow if pa is not None and sa is not None]
     if not pts:
         return _svg(f"shadow-{d.name}", ['<text x="20" y="24">no shadow comparisons yet</text>'], "shadow comparison", 40)
@@ -300,6 +318,8 @@ def _table(headers: list[str], rows: list[list]) -> str:
 
 
 def render(deployments: list[DeploymentData], *, generated_at: int | None = None) -> str:
+    """The whole self-contained HTML page (str): one section per deployment; ``generated_at`` epoch ms
+    (default: now) shown as the generation time."""
     generated = _fmt_time(generated_at or int(dt.datetime.now(dt.timezone.utc).timestamp() * 1000))
     sections = []
     for d in deployments:

@@ -48,6 +48,8 @@ class StandardizedClassifier(nn.Module):
         self.register_buffer("std", torch.ones(n_features))
 
     def set_standardization(self, x: np.ndarray) -> None:
+        """Store the per-feature mean and standard deviation of ``x``
+        ([rows, n_features] float array); a standard deviation below 1e-8 is stored as 1."""
         mean = x.mean(axis=0)
         std = x.std(axis=0)
         std[std < 1e-8] = 1.0
@@ -55,6 +57,8 @@ class StandardizedClassifier(nn.Module):
         self.std.copy_(torch.as_tensor(std, dtype=torch.float32))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits [batch, n_classes] of ``x`` [batch, n_features] (float32), standardised
+        first."""
         return self.core((x - self.mean) / self.std)
 
 
@@ -74,12 +78,16 @@ def resolve_factory(name: str) -> Callable[..., nn.Module]:
 
 
 def model_config(feature_names: Sequence[str], classes: Sequence[str], **options) -> dict[str, str]:
+    """The ModelRegistered ``model_config``: feature_names, classes, n_features, n_classes and the factory
+    ``options``, each value JSON-encoded (dict of str to str)."""
     config = {"feature_names": list(feature_names), "classes": list(classes),
               "n_features": len(feature_names), "n_classes": len(classes), **options}
     return {k: json.dumps(v) for k, v in config.items()}
 
 
 def parse_config(config: dict[str, str]) -> dict:
+    """``model_config`` decoded: each value parsed from JSON. Raises ValueError when it is not a map of
+    JSON strings."""
     try:
         return {k: json.loads(v) for k, v in config.items()}
     except (TypeError, ValueError) as exc:
@@ -112,6 +120,8 @@ class Predictor:
         self._mean = module.mean.detach().cpu().numpy().astype(np.float64)
 
     def matrix(self, rows: Sequence[dict[str, float]]) -> np.ndarray:
+        """A float64 matrix [len(rows), n_features] of feature dicts, in ``feature_names`` order; a missing
+        feature takes the training mean, an unknown one is ignored."""
         x = np.tile(self._mean, (len(rows), 1))
         index = {name: i for i, name in enumerate(self.feature_names)}
         for r, row in enumerate(rows):
@@ -132,6 +142,8 @@ class Predictor:
 
     @torch.no_grad()
     def predict_proba(self, x: np.ndarray, batch_size: int = 65536) -> np.ndarray:
+        """Class probabilities [rows, n_classes] (softmax, float32) of ``x`` [rows, n_features],
+        computed in batches of ``batch_size`` rows on the predictor's device."""
         out = []
         for start in range(0, x.shape[0], batch_size):
             xb = torch.as_tensor(x[start:start + batch_size], dtype=torch.float32, device=self.device)
@@ -139,13 +151,17 @@ class Predictor:
         return np.concatenate(out) if out else np.zeros((0, len(self.classes)))
 
     def predict_labels(self, x: np.ndarray) -> np.ndarray:
+        """The most probable class label (str) of each row of ``x`` [rows, n_features]; an object
+        array [rows]."""
         proba = self.predict_proba(x)
         return np.asarray(self.classes, dtype=object)[proba.argmax(axis=1)] if len(proba) else np.array([], dtype=object)
 
     def predict(self, features: dict[str, float]) -> tuple[str, dict[str, float]]:
+        """``(label, {class: probability})`` of one feature dict."""
         return self.predict_batch([features])[0]
 
     def predict_batch(self, rows: Sequence[dict[str, float]]) -> list[tuple[str, dict[str, float]]]:
+        """``(label, {class: probability})`` of each feature dict in ``rows``, in order; [] for no rows."""
         if not rows:
             return []
         proba = self.predict_proba(self.matrix(rows))
