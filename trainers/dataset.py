@@ -73,6 +73,7 @@ class Dataset:
 
     @property
     def classes(self) -> list[str]:
+        """The distinct labels of ``y``, sorted."""
         return sorted(set(self.y.tolist()))
 
     @property
@@ -81,11 +82,13 @@ class Dataset:
         return ~self.historical if self.current is None else self.current
 
     def subset(self, mask: np.ndarray) -> "Dataset":
+        """The rows where ``mask`` (bool [n]) is True, every per-row array cut alike; lineage and scope shared."""
         return Dataset(self.ids[mask], self.x[mask], self.y[mask], self.feature_names, self.times[mask],
                        self.historical[mask], self.lineage,
                        None if self.current is None else self.current[mask], self.scope)
 
     def holdout_mask(self, percent: int = HOLDOUT_PERCENT) -> np.ndarray:
+        """Bool [n]: the rows whose id falls in the holdout (``bucket(id) < percent``)."""
         return split_mask(self.ids, percent)
 
 
@@ -94,10 +97,13 @@ def bucket(identifier: str, salt: str = "") -> int:
     return int.from_bytes(hashlib.sha1((salt + identifier).encode()).digest()[:8], "big") % 100
 
 def split_mask(ids: Iterable[str], percent: int = HOLDOUT_PERCENT, salt: str = "") -> np.ndarray:
+    """Bool array, one per id: ``bucket(id, salt) < percent`` (a stable split by id)."""
     return np.fromiter((bucket(i, salt) < percent for i in ids), dtype=bool)
 
 
 def content_hash(ids: np.ndarray, x: np.ndarray, y: np.ndarray, feature_names: Sequence[str]) -> str:
+    """sha256 hex of the dataset's content: feature names, ids, labels and ``x`` as little-endian
+    float64, separated by control characters (the same rows always give the same hash)."""
     h = hashlib.sha256()
     h.update("\x1f".join(feature_names).encode())
     h.update(b"\x1e")

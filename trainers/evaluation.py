@@ -37,10 +37,13 @@ METRIC_NAMES = ("accuracy", "macro_f1")
 
 
 def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """The fraction of ``y_pred`` equal to ``y_true`` (same length); NaN for no rows."""
     return float(np.mean(np.asarray(y_true) == np.asarray(y_pred))) if len(y_true) else float("nan")
 
 
 def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Mean over the classes present in ``y_true`` of F1 = 2TP / (2TP + FP + FN) (0 when TP is 0); NaN for
+    no rows."""
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     classes = sorted(set(y_true.tolist()))
     if not classes:
@@ -55,6 +58,7 @@ def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
 
 
 def per_class_recall(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, tuple[float, int]]:
+    """{class: (recall TP / (TP + FN), support)} over the classes present in ``y_true``."""
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     out = {}
     for c in sorted(set(y_true.tolist())):
@@ -102,6 +106,9 @@ def parse_min_metrics(text: str) -> dict[str, float]:
 
 @dataclass(frozen=True)
 class GatePolicy:
+    """The evaluation gate's settings: metric floors on the holdout (``min_metrics``), tolerances (absolute
+    metric differences, metrics in [0, 1]) against the champion on the recent holdout, per class and on historical rows, and the
+    least support (rows) a class or the historical rows need to be checked."""
     min_metrics: dict[str, float] = field(default_factory=dict)
     holdout_tolerance: float = 0.01
     segment_tolerance: float = 0.05
@@ -111,6 +118,8 @@ class GatePolicy:
 
     @classmethod
     def from_settings(cls, settings) -> "GatePolicy":
+        """The policy of the ``gate_*`` settings (other fields at their defaults); raises
+        ValueError naming a malformed ``gate_min_metrics`` entry."""
         return cls(parse_min_metrics(settings.gate_min_metrics), settings.gate_holdout_tolerance,
                    settings.gate_segment_tolerance, settings.gate_forgetting_tolerance)
 
@@ -135,6 +144,8 @@ class GateRows:
 
 @dataclass
 class GateDecision:
+    """The gate's verdict: ``passed``, the ``reasons`` it failed (empty when it passed), candidate and
+    champion metrics (name to value; the champion's empty without one) and every check that ran."""
     passed: bool
     reasons: list[str]
     candidate_metrics: dict[str, float]

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 @functools.lru_cache(maxsize=1)
 def code_version() -> str:
+    """``"ctloop <package version> git <short commit>"`` (``unknown`` for a part that cannot be read); cached."""
     try:
         from importlib.metadata import version
 
@@ -52,6 +53,8 @@ def code_version() -> str:
 
 
 def environment(device: str) -> dict[str, str]:
+    """The run's environment for TrainingRunFinished (str to str): torch, device, python, platform,
+    torch_threads; on CUDA also gpu, cuda and precision (bf16-autocast)."""
     env = {"torch": torch.__version__, "device": device, "python": platform.python_version(),
            "platform": platform.platform(terse=True), "torch_threads": str(torch.get_num_threads())}
     if device.startswith("cuda"):
@@ -67,6 +70,8 @@ class ConfigurationError(ValueError):
 
 @dataclass
 class RunOutcome:
+    """How one trigger's run ended: ``status`` registered, rejected, failed, skipped, superseded or resumed;
+    the run id and candidate version when there were some; the rejection or failure ``reasons``."""
     status: str                 # registered, rejected, failed, skipped, superseded, resumed
     run_id: str | None = None
     version: str | None = None
@@ -74,6 +79,8 @@ class RunOutcome:
 
 
 class TrainingPipeline:
+    """Runs the training of one trigger at a time (:meth:`run`) and publishes its lifecycle events; a
+    context manager closing the producer it created. Raises ValueError when ``label_noise`` is outside [0, 1]."""
     def __init__(self, settings, *, producer: EventProducer | None = None, serde: Serde | None = None,
                  trainer_id: str | None = None, label_noise: float = 0.0, metrics=None):
         self.settings = settings
@@ -98,6 +105,7 @@ class TrainingPipeline:
                                              ("deployment",))
 
     def close(self) -> None:
+        """Close the producer when this pipeline created it."""
         if self._owns_producer:
             self.producer.close()
 
@@ -132,6 +140,9 @@ class TrainingPipeline:
 
     # -- the run --------------------------------------------------------------------------------------
     def run(self, trigger: dict) -> RunOutcome:
+        """Train, gate and register (or reject) a candidate for ``trigger`` (a TrainingTriggered value);
+        a trigger already done is resumed or skipped. Errors of the run end it as TrainingRunFailed (status failed);
+        raises TimeoutError only when the registry topics cannot be read."""
         started = time.monotonic()
         dep, trigger_id = trigger["deployment"], trigger["trigger_id"]
         registry = ModelRegistry.load(self.settings, serde=self.serde)
