@@ -107,8 +107,8 @@ def parse_min_metrics(text: str) -> dict[str, float]:
 @dataclass(frozen=True)
 class GatePolicy:
     """The evaluation gate's settings: metric floors on the holdout (``min_metrics``), tolerances (absolute
-    metric differences, metrics in [0, 1]) against the champion on the recent holdout, per class and on historical rows, and the
-    least support (rows) a class or the historical rows need to be checked."""
+    metric differences, metrics in [0, 1]) against the champion on the recent holdout, per class and on
+    historical rows, and the least support (rows) a class or the historical rows need to be checked."""
     min_metrics: dict[str, float] = field(default_factory=dict)
     holdout_tolerance: float = 0.01
     segment_tolerance: float = 0.05
