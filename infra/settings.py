@@ -30,6 +30,8 @@ def uses_sasl(protocol: str) -> bool:
 
 @dataclass(frozen=True)
 class Settings:
+    """Every setting of ctloop, one field each (environment variable ``CTLOOP_<FIELD>``); frozen.
+    Raises ValueError when the Kafka security settings do not fit together."""
     # --- Kafka ---------------------------------------------------------------------------------
     bootstrap_servers: str = ""
     """Kafka bootstrap servers. Empty: start the embedded Tansu broker on a free loopback port."""
@@ -207,6 +209,8 @@ class Settings:
         return cls(**values)
 
     def replace(self, **changes) -> "Settings":
+        """A copy with ``changes`` applied (validated again). Raises TypeError for an unknown field and
+        ValueError as the constructor does."""
         return dataclasses.replace(self, **changes)
 
     def for_embedded_broker(self, bootstrap_servers: str) -> "Settings":
@@ -223,14 +227,17 @@ class Settings:
 
     @property
     def data_path(self) -> Path:
+        """``data_dir`` as a Path."""
         return Path(self.data_dir)
 
     @property
     def resolved_clickhouse_url(self) -> str:
+        """``clickhouse_url``, or the embedded chdb under ``<data_dir>/chdb`` when it is empty."""
         return self.clickhouse_url or f"chdb:///{self.data_path.resolve() / 'chdb'}"
 
     @property
     def resolved_artifact_store(self) -> str:
+        """``artifact_store``, or ``<data_dir>/artifacts`` when it is empty."""
         return self.artifact_store or str(self.data_path / "artifacts")
 
     @property

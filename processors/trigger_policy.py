@@ -65,6 +65,8 @@ class TriggerPolicy:
         return min(int(event_time), self._clock())
 
     def on_trigger(self, value: dict) -> None:
+        """Fold a TrainingTriggered value: the deployment's latest trigger and its time (local epoch
+        ms), outstanding until its run is done, and the added_to_training baseline of its evidence."""
         dep, tid, t = value["deployment"], value["trigger_id"], self.local_ms(value["event_time"])
         with self._lock:
             self.last_trigger_id[dep] = tid   # the fold reads a deployment's triggers in log order
@@ -76,6 +78,7 @@ class TriggerPolicy:
                 self.baseline_added[dep] = int(float(added))
 
     def on_run_done(self, deployment: str, trigger_id: str) -> None:
+        """A run of ``trigger_id`` finished or failed: the trigger is no longer outstanding."""
         with self._lock:
             self._done.add(trigger_id)
             self.outstanding.get(deployment, {}).pop(trigger_id, None)
@@ -126,6 +129,9 @@ class TriggerPolicy:
                          "evidence": {} if added_to_training is None else {"added_to_training": added_to_training}})
 
     def review(self, deployment: str, stats: dict, dep_settings: dict) -> dict | None:
+        """Evidence of a review-threshold trigger (dict of reviewed_since_last_training, trigger_threshold,
+        reviewed, added_to_training; labels) when added_to_training rose by ``trigger_threshold`` since the last
+        trigger; None otherwise or when the threshold is 0."""
         threshold = int(dep_settings.get("trigger_threshold") or 0)
         if threshold <= 0:
             return None
@@ -137,6 +143,8 @@ class TriggerPolicy:
 
     @staticmethod
     def drift(drift: dict, dep_settings: dict) -> dict | None:
+        """Evidence of a drift trigger (str fields: drift_share, drift_threshold, drifting_features,
+        max_psi; window_size and window_end) when the DriftMeasured value ``drift`` detected drift; else None."""
         if not drift.get("drift_detected"):
             return None
         drifting = [f["feature"] for f in drift["features"] if f["drifted"]]
@@ -146,6 +154,9 @@ class TriggerPolicy:
                 "max_psi": f"{max((f['psi'] for f in drift['features']), default=0.0):.4f}"}
 
     def schedule(self, deployment: str, dep_settings: dict, now_ms: int) -> dict | None:
+        """Evidence of a scheduled trigger (schedule_seconds, seconds_since_last_trigger) when
+        ``schedule_seconds`` passed since the last trigger (or since the deployment was first seen); else None.
+        ``now_ms``: epoch ms."""
         every = int(dep_settings.get("schedule_seconds") or 0)
         if every <= 0:
             return None

@@ -56,6 +56,7 @@ def rolling_accuracy(correct: Sequence[bool], window: int) -> list[float]:
 
 @dataclass(frozen=True)
 class Window:
+    """A window of the served stream, events ``[start, end)``, with its ``name`` and ``kind``."""
     name: str
     start: int
     end: int
@@ -105,6 +106,7 @@ def phase_windows(n: int, drift_points: Sequence[int], width: int | None = None)
 
 
 def window_accuracies(correct: Sequence[bool], windows: Sequence[Window]) -> dict[str, float | None]:
+    """window name -> accuracy of ``correct`` over the window (None for an empty one)."""
     return {w.name: accuracy(correct, w.start, w.end) for w in windows}
 
 
@@ -262,6 +264,8 @@ def baseline_series(samples: Sequence[Sample], reviews: Sequence[Review], *, ini
 
 @dataclass
 class Comparison:
+    """The prequential correctness of every contender on the same served events and the windows they are
+    compared on; tables of accuracy (fractions) per window, kind and contender."""
     windows: list[Window]
     series: dict[str, list[bool]]
     """Correctness per served sample of each contender (same length, same stream)."""
@@ -298,6 +302,8 @@ class Comparison:
                 else table[name][w.name] - table[versus][w.name] for w in self.windows}
 
     def render(self) -> str:
+        """The comparison as a plain-text table: one row per window (its events start-end, each contender's
+        accuracy, the best contender and ctloop's margin over never retrained in percentage points)."""
         names = list(self.series)
         col = max(16, *(len(n) + 2 for n in names))
         margin_head = f"{CTLOOP} - never" if CTLOOP in self.series else ""
@@ -316,6 +322,8 @@ class Comparison:
         return "\n".join(lines)
 
     def as_dict(self) -> dict:
+        """JSON-ready dict: windows (name, start, end, kind), accuracy, by_kind, overall, best and
+        ctloop_minus_never (accuracies as fractions, None where undefined)."""
         return {"windows": [{"name": w.name, "start": w.start, "end": w.end, "kind": w.kind} for w in self.windows],
                 "accuracy": self.table(), "by_kind": self.by_kind(), "overall": self.overall(), "best": self.best(),
                 "ctloop_minus_never": self.margins()}

@@ -18,6 +18,8 @@ from river.datasets import synth
 
 @dataclass(frozen=True)
 class Concept:
+    """One concept of the synthetic stream: a river RandomRBF generator (``seed_model``, ``n_centroids``) whose
+    features are shifted by ``offset``."""
     name: str
     seed_model: int
     """Seed of the RandomRBF centroids (the class regions)."""
@@ -38,6 +40,8 @@ CLASSES = ("0", "1")
 
 @dataclass(frozen=True)
 class Sample:
+    """One event of the stream: its index, the concept that generated it, ``features`` (feature name to float)
+    and the true ``label``."""
     index: int
     """Position in the stream (0-based)."""
     concept: int
@@ -73,6 +77,7 @@ class DriftingStream:
         return iter(gen)
 
     def next(self) -> Sample:
+        """The next sample of the current concept (features shifted by the concept's offset)."""
         x, y = next(self._iters[self.concept])
         off = self.concepts[self.concept].offset
         features = {name: float(x[i] + (off if i % 2 == 0 else -off)) for i, name in enumerate(FEATURE_NAMES)}
@@ -89,6 +94,7 @@ class DriftingStream:
         return self.position
 
     def take(self, n: int) -> list[Sample]:
+        """The next ``n`` samples of the current concept, in order."""
         return [self.next() for _ in range(n)]
 
     @classmethod
@@ -122,6 +128,8 @@ def training_data(n: int, *, concept: int = 0, concepts: Sequence[Concept] = DEF
 
 @dataclass(frozen=True)
 class Review:
+    """A scheduled review of one served sample: due at stream index ``due_index`` (events), with the true
+    ``label``; ``verdict`` correct/incorrect for a review, None for a plain label."""
     sample_index: int
     due_index: int
     """Stream position at which the review arrives (after that sample was served)."""
@@ -191,4 +199,5 @@ class Reviewers:
 
     @property
     def pending(self) -> int:
+        """Reviews scheduled and not yet returned by :meth:`due` (count)."""
         return sum(len(v) for v in self._pending.values())
