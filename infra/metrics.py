@@ -53,6 +53,8 @@ class _KnownCounter(Counter):
     _reported: frozenset = frozenset()
 
     def labels(self, *values, **kw):
+        """The child of these label values; the first time a combination is seen it is reported to the
+        owner (which then exports the other known combinations at 0)."""
         child = super().labels(*values, **kw)
         owner = self._owner
         key = values or tuple(sorted(kw.items()))
@@ -156,9 +158,11 @@ class Metrics:
                 Counter.labels(metric, *combo)
 
     def gauge(self, name: str, doc: str, labels: tuple[str, ...] = ()) -> Gauge:
+        """The gauge ``name`` of this process's registry (created on first use; later calls return it)."""
         return self._get(Gauge, name, doc, labels)
 
     def histogram(self, name: str, doc: str, labels: tuple[str, ...] = (), buckets=Histogram.DEFAULT_BUCKETS) -> Histogram:
+        """The histogram ``name`` (``buckets``: upper bounds, in the observed unit; created on first use)."""
         return self._get(Histogram, name, doc, labels, buckets=buckets)
 
     def serve(self, port: int = 0, addr: str = "0.0.0.0") -> int:
@@ -195,6 +199,7 @@ class Metrics:
         return self.port
 
     def exposition(self) -> str:
+        """The registry in the Prometheus text exposition format (what /metrics serves)."""
         from prometheus_client import generate_latest
 
         return generate_latest(self.registry).decode()

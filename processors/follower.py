@@ -18,19 +18,25 @@ Handler = Callable[[str, dict, str], None]
 
 
 class LogFollower:
+    """Follows ``topics`` from the beginning, group-less, calling ``handler(event_type, value, topic)`` for
+    each decoded event in a background thread."""
     def __init__(self, settings, topics: Iterable[str], handler: Handler, *, serde: Serde | None = None,
                  name: str = "follower"):
         self._follower = TopicFollower(settings, topics, lambda e: handler(e.event_type, e.value, e.topic),
                                        serde=serde, name=name, poll_timeout_s=0.1)
 
     def start(self, timeout_s: float = 30.0) -> "LogFollower":
+        """Start following and wait until the log is read to the end it had now; returns self. Raises
+        TimeoutError after ``timeout_s`` seconds."""
         self._follower.start()
         self._follower.wait_caught_up(timeout_s)
         return self
 
     @property
     def events_seen(self) -> int:
+        """Events delivered to the handler so far (count)."""
         return self._follower.events
 
     def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop the follower thread, waiting at most ``timeout_s`` seconds."""
         self._follower.stop(timeout_s)

@@ -144,13 +144,17 @@ class _Gen:
         self.top_lines: set[int] = set()
 
     def var(self, prefix: str) -> str:
+        """A fresh variable name for the generated code: ``prefix`` + a counter."""
         self.counter += 1
         return f"{prefix}{self.counter}"
 
     def emit(self, indent: int, line: str) -> None:
+        """Append one line of generated code at ``indent`` levels (4 spaces each)."""
         self.lines.append("    " * indent + line)
 
     def resolve(self, schema, namespace: str | None):
+        """A named type reference resolved to its schema dict (registering named record/enum/fixed
+        definitions under their short and full names); other schemas as given."""
         if isinstance(schema, str):
             if schema in self.named:
                 return self.named[schema]
@@ -167,6 +171,9 @@ class _Gen:
         return schema
 
     def write(self, schema, v: str, indent: int, namespace: str | None, where: str, logical: str | None = None) -> None:
+        """Emit the code that encodes the value expression ``v`` of ``schema``; the generated code raises
+        TypeError/ValueError naming ``where`` for a value that does not fit; raises _Unsupported for a schema the
+        generator does not compile."""
         schema = self.resolve(schema, namespace)
         if isinstance(schema, dict) and isinstance(schema.get("type"), (str, list, dict)) and schema.get("type") not in (
             "record", "enum", "array", "map", "fixed"

@@ -40,10 +40,13 @@ def declared_timeout(path: Path, quick: bool) -> float | None:
 
 
 def discover(bench_dir: Path = BENCH_DIR) -> list[Path]:
+    """The benchmark scripts of ``bench_dir`` (``*.py`` but run.py and ``_``-prefixed ones), sorted."""
     return sorted(p for p in bench_dir.glob("*.py") if p.name != "run.py" and not p.name.startswith("_"))
 
 
 def higher_is_better(row: dict) -> bool:
+    """Whether a larger ``value`` of a result row is better: its ``higher_is_better`` when given, else
+    from its unit (throughputs, ratios, %, accuracy: yes; durations: no; others: yes)."""
     if "higher_is_better" in row:
         return bool(row["higher_is_better"])
     unit = str(row.get("unit", "")).lower()
@@ -103,6 +106,10 @@ def run_script(path: Path, quick: bool, timeout_s: float) -> list[dict]:
 def run_benchmarks(*, quick: bool = False, only: Iterable[str] | None = None, out_dir: str | Path | None = None,
                    bench_dir: Path = BENCH_DIR, timeout_s: float | None = None,
                    progress: Callable[[str], None] = print) -> tuple[list[dict], Path]:
+    """Run each benchmark script (or those named in ``only``) in a subprocess with its deadline (seconds),
+    write the results to ``bench-<UTC stamp>.json`` and ``latest.json`` in ``out_dir`` (default
+    ``bench/results``); returns the result rows and the file. A failing or timed-out script becomes a row
+    with ``error``. Raises ValueError naming an unknown script in ``only``."""
     scripts = discover(bench_dir)
     if only:
         wanted = {o.removesuffix(".py") for o in only}
@@ -160,6 +167,7 @@ def _num(v) -> str:
 
 
 def render_table(results: list[dict]) -> str:
+    """The result rows as a plain-text table: benchmark, value, unit, peer and the ratio to the peer."""
     header = ("benchmark", "ctloop", "unit", "peer (same run)", "peer", "vs peer")
     rows = []
     for r in results:

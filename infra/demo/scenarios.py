@@ -110,6 +110,9 @@ def _check_sizes(concepts: int, concept_events: int, initial_examples: int) -> N
 # --- the scenarios --------------------------------------------------------------------------------------
 
 def rbf_shift(seed: int, concepts: int = 3, concept_events: int = 3000, initial_examples: int = 2000) -> Scenario:
+    """RandomRBF concepts moved to other feature regions (feature and concept drift), switching abruptly
+    every ``concept_events`` events. Raises ValueError for fewer than 1 concept, 10 events per concept or
+    10 initial examples, or more concepts than it has."""
     _check_sizes(concepts, concept_events, initial_examples)
     if concepts > len(DEFAULT_CONCEPTS):
         raise ValueError(f"concepts: rbf-shift has {len(DEFAULT_CONCEPTS)} concepts, asked for {concepts}")
@@ -125,6 +128,9 @@ AGRAWAL_FEATURES = ("salary", "commission", "age", "elevel", "car", "zipcode", "
 
 
 def agrawal_switch(seed: int, concepts: int = 3, concept_events: int = 3000, initial_examples: int = 2000) -> Scenario:
+    """river Agrawal with the same inputs and the classification function switching (0, 2, 1) abruptly
+    every ``concept_events`` events (concept drift only). Raises ValueError for fewer than 1 concept, 10
+    events per concept or 10 initial examples, or more concepts than it has."""
     _check_sizes(concepts, concept_events, initial_examples)
     if concepts > len(AGRAWAL_FUNCTIONS):
         raise ValueError(f"concepts: agrawal-switch has {len(AGRAWAL_FUNCTIONS)} concepts, asked for {concepts}")
@@ -179,6 +185,9 @@ SEA_FEATURES = ("x0", "x1", "x2")
 
 
 def sea_noise(seed: int, concepts: int = 3, concept_events: int = 3000, initial_examples: int = 2000) -> Scenario:
+    """river SEA variants (0, 2, 3) with 10 % label noise, switching abruptly every ``concept_events`` events.
+    Raises ValueError for fewer than 1 concept, 10 events per concept or 10 initial examples, or more
+    concepts than it has."""
     _check_sizes(concepts, concept_events, initial_examples)
     if concepts > len(SEA_VARIANTS):
         raise ValueError(f"concepts: sea-noise has {len(SEA_VARIANTS)} concepts, asked for {concepts}")
@@ -196,6 +205,10 @@ RBF_OVERLAP_WIDTH = 400
 
 
 def rbf_overlap(seed: int, concepts: int = 3, concept_events: int = 3000, initial_examples: int = 2000) -> Scenario:
+    """RandomRBF concepts (models 21, 42, 63) over one feature region, each change a sigmoid transition
+    :data:`RBF_OVERLAP_WIDTH` events wide (at most a quarter of a concept) centred on the drift point.
+    Raises ValueError for fewer than 1 concept, 10 events per concept or 10 initial examples, or more
+    concepts than it has."""
     _check_sizes(concepts, concept_events, initial_examples)
     if concepts > len(RBF_OVERLAP_MODELS):
         raise ValueError(f"concepts: rbf-overlap has {len(RBF_OVERLAP_MODELS)} concepts, asked for {concepts}")
