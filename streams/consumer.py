@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Event:
+    """One decoded event with its place in the log: event type, value dict, topic, partition, offset, record
+    key (bytes or None) and the record's Kafka timestamp (epoch ms)."""
     event_type: str
     value: dict
     topic: str
@@ -173,6 +175,8 @@ class EventConsumer:
                 on_idle()
 
     def close(self) -> None:
+        """Commit what was returned (dead letters flushed first), then close the consumer and the
+        dead-letter producer it created."""
         try:
             self.commit()
         finally:
@@ -182,6 +186,7 @@ class EventConsumer:
 
     @property
     def raw(self) -> Consumer:
+        """The underlying confluent-kafka Consumer."""
         return self._consumer
 
     def __enter__(self):

@@ -71,10 +71,12 @@ class DeadLetterRecord:
 
     @property
     def ledger_key(self) -> str:
+        """``partition:offset`` of the dead letter on the dead-letters topic (its key in the ledger)."""
         return f"{self.partition}:{self.offset}"
 
     @property
     def truncated(self) -> bool:
+        """True when the dead letter's ``ctloop-truncated`` header says its payload was cut."""
         return self.headers.get("ctloop-truncated") == "true"
 
 
@@ -94,6 +96,7 @@ class ReplayReport:
     run: str | None = None
 
     def as_dict(self) -> dict:
+        """The report as a plain dict (JSON-ready)."""
         return asdict(self)
 
 

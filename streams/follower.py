@@ -47,11 +47,14 @@ class TopicFollower:
         self.positions: dict[tuple[str, int], int] = {}  # (topic, partition) -> next offset to read (decodable or not)
 
     def start(self) -> "TopicFollower":
+        """Start the daemon thread that reads and follows the topics; returns self."""
         self._thread = threading.Thread(target=self._run, name=f"ctloop-{self.name}", daemon=True)
         self._thread.start()
         return self
 
     def wait_caught_up(self, timeout_s: float) -> None:
+        """Wait until the topics were read to the end offsets they had at start. Raises
+        TimeoutError (with the follower's error, if any) after ``timeout_s`` seconds."""
         if not self.caught_up.wait(timeout_s):
             raise TimeoutError(f"{self.name}: did not catch up with {self.topics} within {timeout_s}s"
                                + (f" ({self.error})" if self.error else ""))
@@ -126,6 +129,7 @@ class TopicFollower:
                 log.exception("%s: batch handler failed", self.name)
 
     def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop following; joins the thread for at most ``timeout_s`` seconds."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout_s)

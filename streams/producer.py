@@ -68,6 +68,8 @@ class DeliveryError(RuntimeError):
 
 
 class BackPressureTimeout(RuntimeError):
+    """The producer's local buffer stayed full for ``block_timeout_s`` seconds (the broker is
+    unreachable or too slow); nothing was queued."""
     pass
 
 
@@ -117,6 +119,8 @@ class EventProducer:
                 self._lost.append(lost)
 
     def produce(self, topic: str, event_type: str, record: dict, key: str | bytes | None = None, headers=None) -> None:
+        """Encode ``record`` as ``event_type`` and queue it on ``topic``. Raises EncodeError naming the
+        field, and as :meth:`produce_raw` does."""
         value = self.serde.encode(event_type, record, topic)
         self.produce_raw(topic, value, key, headers)
 
@@ -156,6 +160,7 @@ class EventProducer:
                         f"producer buffer still full after {self.block_timeout_s}s: is the broker reachable?") from None
 
     def poll(self, timeout: float = 0) -> int:
+        """Serve delivery callbacks, waiting at most ``timeout`` seconds; returns how many were served."""
         return self._producer.poll(timeout)
 
     def flush(self, timeout_s: float = 30.0) -> None:

@@ -28,6 +28,7 @@ class TamperedArtifactError(RuntimeError):
 
 
 class ArtifactNotFoundError(FileNotFoundError):
+    """No artifact at the URI the registry recorded."""
     pass
 
 
@@ -39,6 +40,8 @@ def _safe(part: str) -> str:
 
 
 def uri_to_path(uri: str) -> Path:
+    """The local path of an artifact URI (``file://`` or a bare path). Raises ValueError for any other
+    scheme."""
     parsed = urlparse(uri)
     if parsed.scheme in ("", "file"):
         return Path(unquote(parsed.path) if parsed.scheme else uri)
@@ -53,6 +56,7 @@ class ArtifactStore:
 
     @classmethod
     def from_settings(cls, settings) -> "ArtifactStore":
+        """The store at ``settings.resolved_artifact_store`` (default ``<data_dir>/artifacts``)."""
         return cls(settings.resolved_artifact_store)
 
     def save(self, deployment: str, version: str, state_dict: dict) -> tuple[str, str]:

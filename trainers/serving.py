@@ -54,6 +54,8 @@ class NoChampionError(RuntimeError):
 # --- serving --------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Prediction:
+    """What :class:`Deployment` served for one request: the prediction id, the label, ``probabilities``
+    (class label to probability), the serving model version, its role and the latency (ms)."""
     prediction_id: str
     label: str
     probabilities: dict
@@ -233,11 +235,13 @@ class Deployment:
 
     @property
     def shadow_version(self) -> str | None:
+        """The version served as the shadow now; None without one."""
         served = self._served
         return served.candidate.version if served and served.candidate is not None else None
 
     @property
     def canary_fraction(self) -> float:
+        """The share of requests (0 to 1) served by the canary now; 0.0 before anything is served."""
         served = self._served
         return served.canary_fraction if served else 0.0
 

@@ -20,6 +20,9 @@ log = logging.getLogger(__name__)
 
 
 def resolve_device(setting: str = "auto") -> str:
+    """The torch device of the ``trainer_device`` setting: ``auto`` gives cuda:0 when CUDA is available,
+    else cpu; ``cuda`` means cuda:0. Raises ValueError for cuda without CUDA, or a value other than auto,
+    cpu or cuda[:N]."""
     setting = (setting or "auto").strip().lower()
     if setting == "auto":
         return "cuda:0" if torch.cuda.is_available() else "cpu"
@@ -42,6 +45,9 @@ def configure_threads(threads: int = 0) -> int:
 
 @dataclass
 class TrainResult:
+    """A trained candidate: the module, its factory and ``model_config`` (str to JSON str), classes and
+    feature names, the device, epochs run, samples seen (rows, over all epochs), ``train_seconds`` and
+    ``mode`` (full or finetune: what was actually done)."""
     module: StandardizedClassifier
     factory: str
     config: dict[str, str]
@@ -55,6 +61,7 @@ class TrainResult:
 
     @property
     def samples_per_second(self) -> float:
+        """Training throughput: samples seen / train_seconds (0.0 when no time was measured)."""
         return self.samples_seen / self.train_seconds if self.train_seconds > 0 else 0.0
 
 
