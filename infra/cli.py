@@ -48,6 +48,7 @@ _register_all()
 
 
 def main() -> None:
+    """The ``ctloop`` command-line entry point."""
     cli(prog_name="ctloop")
 
 

@@ -27,6 +27,8 @@ class ClickHouseLocked(ClickHouseError):
 
 
 def check_database_name(name: str) -> str:
+    """``name`` when it is a valid ClickHouse database name (letters, digits and _, not starting
+    with a digit); raises ValueError naming CTLOOP_CLICKHOUSE_DATABASE otherwise."""
     if not isinstance(name, str) or not _IDENTIFIER.match(name):
         raise ValueError(f"CTLOOP_CLICKHOUSE_DATABASE={name!r} is not a valid database name "
                          "(letters, digits and _ only, not starting with a digit)")
@@ -34,6 +36,7 @@ def check_database_name(name: str) -> str:
 
 
 def is_chdb(url: str) -> bool:
+    """Whether ``url`` names the embedded chdb (``chdb:`` scheme) rather than a server."""
     return url.startswith("chdb:")
 
 

@@ -35,6 +35,8 @@ STAGES = (
 
 @dataclass
 class ProcessorContext:
+    """What every stage needs: the settings, topic names, serde, metrics, a confluent-kafka producer
+    and the faust topic objects by topic key."""
     settings: Settings
     topics: Topics
     serde: Serde
@@ -47,6 +49,9 @@ class ProcessorContext:
 
 
 def build_app(settings: Settings, *, stages=STAGES, metrics: Metrics | None = None) -> tuple[faust.App, ProcessorContext]:
+    """The faust App of the processors (in-memory tables, no standby replicas) and its ProcessorContext,
+    with ``register(app, ctx)`` of each module in ``stages`` called. Raises ValueError naming an unknown
+    stage."""
     topics = Topics.from_settings(settings)
     datadir = Path(settings.data_dir) / "faust"  # faust's own files; not the working directory
     datadir.mkdir(parents=True, exist_ok=True)

@@ -32,6 +32,9 @@ INPUTS_KEY = "drift-inputs"
 
 
 def register(app, ctx) -> None:
+    """The drift stage: predictions and labeled examples in, DriftMeasured on the drift topic.
+    Declares its faust agents, and the timers, tasks and tables it needs, on ``app`` (``ctx``: the shared
+    :class:`processors.app.ProcessorContext`)."""
     settings, topics, m = ctx.settings, ctx.topics, ctx.metrics
     view = DeploymentView()
     detectors: dict[str, DeploymentDrift] = {}

@@ -132,6 +132,8 @@ class DeploymentDrift:
         self.windows = 0
 
     def set_reference(self, features: list[str], rows: np.ndarray, kind: str = "training_data") -> None:
+        """Use ``rows`` ([n, len(features)] floats, NaN for missing) as the reference the windows are
+        measured against; ``kind`` names where it came from (e.g. training_data)."""
         self.features = list(features)
         self.reference = np.asarray(rows, dtype=float)
         self.reference_kind = kind
@@ -146,6 +148,9 @@ class DeploymentDrift:
             self._error_drift = True
 
     def add(self, features: dict[str, float], time_ms: int) -> dict | None:
+        """Add one primary prediction's features (name to float; missing: NaN) at ``time_ms`` (epoch ms);
+        once ``window_size`` rows are in, returns the window's drift measurement (see :meth:`measure`), or None
+        when that window became the reference; None before."""
         if self.features is None:
             self.features = sorted(features)
         self._rows.append([features.get(f, math.nan) for f in self.features])

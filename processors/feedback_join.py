@@ -32,6 +32,9 @@ COMPONENT = "processors.feedback_join"
 
 
 def register(app, ctx) -> None:
+    """The feedback-join stage: predictions and feedback in, LabeledExamples and the feedback counters out.
+    Declares its faust agents, and the timers, tasks and tables it needs, on ``app`` (``ctx``: the shared
+    :class:`processors.app.ProcessorContext`)."""
     settings, topics, m = ctx.settings, ctx.topics, ctx.metrics
     n = topics.partitions("predictions")
     state = app.Table("feedback-join", default=None, partitions=n, key_type=str)

@@ -39,6 +39,7 @@ class Problem(str):
 
     @classmethod
     def of(cls, text: str, lost: bool = False) -> "Problem":
+        """A Problem with ``text``; ``lost`` True when waiting cannot help (the topics are gone)."""
         p = cls(text)
         p.lost = lost
         return p
@@ -196,6 +197,7 @@ class BrokerWatch:
                                       "stall_timeout_s": self.stall_timeout_s}
 
     def start(self) -> "BrokerWatch":
+        """Start the daemon thread that probes every ``interval_s`` seconds; returns self."""
         def loop():
             while not self._stop.wait(self.interval_s):
                 self.probe()
@@ -204,4 +206,5 @@ class BrokerWatch:
         return self
 
     def stop(self) -> None:
+        """Stop probing (the thread ends at its next wake-up)."""
         self._stop.set()

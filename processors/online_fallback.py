@@ -76,6 +76,8 @@ class FallbackTracker:
 
     def add(self, features: dict, label: str, predicted: str | None, model_version: str, role: str,
             champion: str | None) -> None:
+        """Fold one labeled example (see the class docstring): shadow examples are ignored; a new
+        ``champion`` restarts the window of pairs."""
         if role == "shadow":
             return
         if champion != self.champion:
@@ -271,6 +273,9 @@ def read_partition_range(settings, topic: str, partition: int, start: int, end: 
 
 # --- the stage --------------------------------------------------------------------------------------
 def register(app, ctx) -> None:
+    """The online-fallback stage: labeled examples in, OnlineFallbackSwitched on model-updates out.
+    Declares its faust agents, and the timers, tasks and tables it needs, on ``app`` (``ctx``: the shared
+    :class:`processors.app.ProcessorContext`)."""
     from streams.consumer import end_offsets
     from streams.follower import TopicFollower
     from streams.registry import HeldUpdateRelease, ModelRegistry

@@ -44,6 +44,7 @@ class Ownership:
 
     @classmethod
     def of_app(cls, app, topic: str, partitions: int, partitioner: str) -> "Ownership":
+        """The ownership of a faust ``app``'s consumer assignment (no assignment while it starts)."""
         def assignment():
             try:
                 return [(tp.topic, tp.partition) for tp in app.consumer.assignment()]
@@ -52,9 +53,12 @@ class Ownership:
         return cls(assignment, topic, partitions, partitioner)
 
     def partition(self, deployment: str) -> int:
+        """The partition of ``topic`` the deployment's key maps to. Raises ValueError for an unknown
+        partitioner."""
         return partition_for(deployment, self.partitions, self.partitioner)
 
     def owns(self, deployment: str) -> bool:
+        """Whether this worker is assigned the deployment's partition of ``topic`` now."""
         p = self.partition(deployment)
         return any(t == self.topic and q == p for t, q in self._assignment())
 

@@ -71,9 +71,12 @@ class PromotionState:
         return self.assignments.get(deployment, (None, None))
 
     def is_decided(self, deployment: str, version: str, revision: int | None) -> bool:
+        """Whether the shadow assignment (deployment, version, shadow revision) was decided."""
         return (deployment, version, revision) in self.decided
 
     def apply(self, event_type: str, value: dict, timestamp_ms: int | None = None) -> None:  # noqa: ARG002
+        """Fold one event of the deployments, model-lifecycle or model-updates topic (under ``lock``):
+        the latest settings revision and shadow assignment, the registry and the online fallback."""
         dep = value.get("deployment")
         with self.lock:
             if event_type == ev.DEPLOYMENT_CONFIGURED:
@@ -129,6 +132,10 @@ def rejected_record(catalog, comparison: dict, decision: Decision, *, expected_s
 
 
 def register(app, ctx) -> None:
+    """The promotion stage: shadow comparisons and live accuracy in, ModelPromoted, CandidateRejected
+    and ModelRolledBack on model-updates out.
+    Declares its faust agents, and the timers, tasks and tables it needs, on ``app`` (``ctx``: the shared
+    :class:`processors.app.ProcessorContext`)."""
     from streams.deployments import DeploymentSettingsClient
     from streams.follower import TopicFollower
 

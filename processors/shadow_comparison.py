@@ -56,6 +56,9 @@ def iter_outcomes(message) -> list[dict]:
 
 
 def register(app, ctx) -> None:
+    """The shadow-comparison stage: primary and shadow predictions and feedback in, ShadowComparison out.
+    Declares its faust agents, and the timers, tasks and tables it needs, on ``app`` (``ctx``: the shared
+    :class:`processors.app.ProcessorContext`)."""
     settings, topics = ctx.settings, ctx.topics
     component = "shadow_comparison"
     join = PredictionJoin()

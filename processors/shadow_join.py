@@ -54,6 +54,8 @@ class PredictionJoin:
         return entry
 
     def on_prediction(self, value: dict) -> list[dict]:
+        """Fold a primary, canary or shadow PredictionLogged value; returns the outcomes it completes
+        (dicts with ``kind`` pair, labeled_pair or primary)."""
         entry = self._entry(value["prediction_id"])
         side = {"deployment": value["deployment"], "version": value["model_version"], "label": value.get("label"),
                 "latency_ms": float(value.get("latency_ms") or 0.0), "time": int(value["event_time"]),
@@ -68,6 +70,8 @@ class PredictionJoin:
         return self._complete(value["prediction_id"], entry)
 
     def on_feedback(self, value: dict) -> list[dict]:
+        """Fold a FeedbackReceived value (labels, corrections and verdicts give the truth); returns the
+        outcomes it completes (dicts with ``kind`` pair, labeled_pair or primary)."""
         entry = self._entry(value["prediction_id"])
         if not (entry.primary_emitted or entry.labeled_pair_emitted):
             ftype, label = value["feedback_type"], value.get("label")

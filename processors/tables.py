@@ -110,6 +110,9 @@ class BatchedTableWriter:
                 self._dirty[key] = dirty_partition
 
     def write(self, partition: int, key, value) -> None:
+        """Set ``key`` to ``value`` (None deletes it) in the table, journaled when inside ``begin()``, and
+        mark it for the changelog on ``partition``. Raises RecordTooLarge when the changelog record would
+        exceed ``max_bytes``."""
         check_changelog_size(self.table, key, value, self.max_bytes)
         data = self._data()
         if self._journal is not None and key not in self._journal:

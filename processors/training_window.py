@@ -72,12 +72,15 @@ class ChangePoint:
     fired: int = 0
 
     def counts(self, seq: int, prediction_time: int | None) -> bool:
+        """Whether the example numbered ``seq`` (with its prediction time, epoch ms) lies after the change."""
         return seq >= self.seq and (self.min_prediction_time is None or prediction_time is None
                                     or prediction_time >= self.min_prediction_time)
 
 
 @dataclass
 class Position:
+    """One labeled example's place: ``seq`` (its number among the deployment's examples), partition and
+    offset on labeled-examples, its prediction time and event time (epoch ms; None when unknown)."""
     seq: int
     partition: int
     offset: int

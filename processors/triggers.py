@@ -48,6 +48,9 @@ PAIRS_KEY = "performance-pairs"
 
 
 def register(app, ctx) -> None:
+    """The triggers stage: labeled examples, feedback stats and drift in, TrainingTriggered out.
+    Declares its faust agents, and the timers, tasks and tables it needs, on ``app`` (``ctx``: the shared
+    :class:`processors.app.ProcessorContext`)."""
     settings, topics, m = ctx.settings, ctx.topics, ctx.metrics
     view = DeploymentView()
     policy = TriggerPolicy(settings.trigger_timeout_s)

@@ -330,6 +330,7 @@ def _stop_children(children, timeout_s: float = 30.0) -> None:
 
 
 def main() -> None:
+    """``python -m processors.worker``: settings from the environment; exits with the workers' exit code."""
     faulthandler.enable()   # a crash inside a C extension (librdkafka, ...) prints every thread's Python stack
     settings = Settings.from_env()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")

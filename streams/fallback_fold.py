@@ -72,6 +72,9 @@ class FallbackFold:
         inactive, or a promotion/rollback while active)."""
 
     def apply(self, event_type: str, value: dict) -> bool:
+        """Fold one ModelPromoted, ModelRolledBack or OnlineFallbackSwitched value (once per event_id); True
+        when applied. A switch whose ``expected_decision`` is not the deployment's latest decision is refused
+        (kept in :attr:`refused`); a promotion or rollback ends an active fallback."""
         if event_type not in DECISION_TYPES:
             return False
         event_id = value.get("event_id")

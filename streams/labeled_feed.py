@@ -47,11 +47,13 @@ class LabeledExampleFeed:
         self._thread: threading.Thread | None = None
 
     def start(self) -> "LabeledExampleFeed":
+        """Start the daemon thread (warm start, then follow); returns self."""
         self._thread = threading.Thread(target=self._run, name=f"ctloop-{self.name}", daemon=True)
         self._thread.start()
         return self
 
     def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop the feed; joins its thread for at most ``timeout_s`` seconds."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout_s)

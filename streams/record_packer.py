@@ -26,6 +26,8 @@ def _string(value: str) -> bytes:
 
 
 class PredictionPacker:
+    """Encodes PredictionLogged records with one precompiled ``struct.Struct`` per record shape (see the
+    module docstring); at most ``limit`` shapes. ``header``: the schema's 10-byte single-object header."""
     limit = 1024
 
     def __init__(self, header: bytes):
@@ -37,6 +39,10 @@ class PredictionPacker:
     def pack(self, event_id: str, event_time: int, prediction_id: str, deployment: str, model_name: str,
              model_version: str, role: str, features: dict, label, score, probabilities: dict,
              latency_ms: float) -> bytes | None:
+        """The single-object-encoded PredictionLogged bytes (identical to the generic encoder's), or None
+        when the record does not fit a packed shape (ids not 36 ASCII characters, a string not UTF-8 encodable,
+        an event_time outside int64, more than ``limit`` shapes): the caller then encodes it generically.
+        Values are not checked (``event_time`` epoch ms, ``latency_ms`` ms)."""
         try:
             pid = prediction_id.encode()
         except (UnicodeEncodeError, AttributeError):  # the caller's precise checks name the field

@@ -37,6 +37,8 @@ _PREDICTION_FIELDS = ("event_id", "event_time", "prediction_id", "deployment", "
 
 
 class CtloopClient:
+    """The app's client: ``log_prediction`` and ``log_feedback`` (non-blocking, input checked at the call
+    with an error naming the field), ``flush``/``close`` (raise on lost deliveries); a context manager."""
     def __init__(self, settings, *, producer: EventProducer | None = None, serde: Serde | None = None):
         self.settings = settings
         self.topics = Topics.from_settings(settings)

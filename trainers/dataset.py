@@ -56,6 +56,8 @@ class DatasetError(ValueError):
 
 @dataclass
 class Dataset:
+    """A compiled training set: ``ids`` (str [n], sorted), ``x`` (float64 [n, d]), ``y`` (str labels [n]),
+    feature names (d), per-row prediction ``times`` (epoch ms) and ``historical`` flags, and its lineage."""
     ids: np.ndarray            # str, sorted
     x: np.ndarray              # float64 [n, d]
     y: np.ndarray              # str labels (object)

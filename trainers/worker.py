@@ -30,6 +30,7 @@ NEEDED_TOPICS = ["triggers", "labeled-examples", "model-lifecycle", "model-updat
 
 
 def trainer_group(settings) -> str:
+    """The trainers' consumer group on the triggers topic: ``<topic_prefix>trainers``."""
     return f"{settings.topic_prefix}trainers"
 
 
@@ -91,6 +92,8 @@ def run_trainer(settings, stop: Callable[[], bool], trainer_id: str | None = Non
 
 
 def main(argv=None) -> None:
+    """``python -m trainers.worker [--trainer-id ID] [--label-noise P]``: a foreground trainer with settings
+    from the environment."""
     import argparse
 
     parser = argparse.ArgumentParser(description="ctloop trainer (settings from CTLOOP_* variables)")

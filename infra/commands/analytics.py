@@ -58,6 +58,8 @@ def format_rows(columns: list[str], rows: list[tuple], fmt: str) -> str:
 
 
 def run_sql(settings, query: str, fmt: str = "table", client=None) -> str:
+    """Run ``query`` on ClickHouse (``client`` or a new connection) and format the rows (table, csv or json).
+    Raises click.ClickException with the server's message when the query fails."""
     from infra.clickhouse import connect
 
     own = client is None
@@ -73,6 +75,7 @@ def run_sql(settings, query: str, fmt: str = "table", client=None) -> str:
 
 
 def register(cli: click.Group) -> None:
+    """Add the ``sink``, ``sql`` and ``report`` commands to ``cli``."""
     @cli.command()
     @click.option("--until-caught-up", is_flag=True, help="Store what is on the topics now, then exit.")
     @click.option("--timeout", "timeout_s", default=300.0, show_default=True, help="With --until-caught-up.")

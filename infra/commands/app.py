@@ -10,6 +10,7 @@ from infra.commands.core import require_bootstrap
 
 
 def register(cli: click.Group) -> None:
+    """Add the ``app`` command to ``cli``."""
     @cli.command("app")
     @click.option("--deployment", default="app", show_default=True, help="Deployment name.")
     @click.option("--rate", type=click.FloatRange(0.0), default=50.0, show_default=True,

@@ -55,6 +55,8 @@ class _StopFlag:
 
 # -- broker -------------------------------------------------------------------------------------------
 def broker_command(settings: Settings, port: int | None, host: str, create_topics: bool) -> None:
+    """``ctloop broker``: run the embedded broker on ``host``:``port`` (a free port when None) until
+    SIGTERM/SIGINT, creating the topics first when asked. Raises click.ClickException when it exits on its own."""
     from infra.embedded import EmbeddedBroker
 
     with _StopFlag() as stop, EmbeddedBroker(host=host, port=port) as broker:
@@ -138,6 +140,8 @@ def tail_lines(settings: Settings, topic: str, *, from_beginning: bool = False, 
 
 # -- topics -------------------------------------------------------------------------------------------
 def topics_command(settings: Settings, as_json: bool) -> None:
+    """``ctloop topics``: create the missing topics and print each one's status, partitions, record key,
+    event types and config (JSON lines with ``as_json``). Raises click.UsageError without bootstrap servers."""
     from confluent_kafka.admin import AdminClient
 
     from streams.topics import Topics, ensure_topics
@@ -192,6 +196,7 @@ def write_settings_doc(path) -> None:
 
 
 def register(cli: click.Group) -> None:
+    """Add the ``broker``, ``tail``, ``topics`` and ``settings`` commands to ``cli``."""
     @cli.command("broker")
     @click.option("--port", type=int, default=None, help="Port to listen on (default: a free one).")
     @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")

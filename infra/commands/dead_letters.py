@@ -11,6 +11,7 @@ from infra.commands.core import require_bootstrap
 
 
 def register(cli: click.Group) -> None:
+    """Add the ``dead-letters replay`` command to ``cli``."""
     @cli.group("dead-letters")
     def dead_letters():
         """Dead letters: records the loop could not process (see `ctloop tail dead-letters`)."""

@@ -29,6 +29,7 @@ def _delay(_ctx, _param, value: str) -> tuple[int, int]:
 
 
 def register(cli: click.Group) -> None:
+    """Add the ``demo``, ``effectiveness`` and ``bench`` commands to ``cli``."""
     @cli.command()
     @click.option("--scenario", default="rbf-shift", show_default=True, callback=_scenario,
                   help="rbf-shift, agrawal-switch, hyperplane-gradual, sea-noise, rbf-overlap or rainfall "

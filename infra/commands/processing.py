@@ -11,6 +11,7 @@ from infra.commands.core import require_bootstrap
 
 
 def register(cli: click.Group) -> None:
+    """Add the ``process`` and ``trigger`` commands to ``cli``."""
     @cli.command("process")
     @click.option("--stages", default=None, help="Comma-separated stage modules (default: CTLOOP_PROCESSOR_STAGES, else all).")
     @click.option("--metrics-port", type=int, default=None, help="Prometheus port (default: CTLOOP_METRICS_PORT; 0 picks one).")

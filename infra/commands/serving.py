@@ -343,6 +343,7 @@ def _format_status(status: dict) -> str:
 
 
 def register(cli: click.Group) -> None:
+    """Add the ``status``, ``promote`` and ``rollback`` commands to ``cli``."""
     @cli.command("status")
     @click.argument("deployment")
     @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")

@@ -37,6 +37,7 @@ def _fmt(value, digits: int = 3) -> str:
 
 
 def register(cli: click.Group) -> None:
+    """Add the ``train``, ``models`` and ``artifacts orphans`` commands to ``cli``."""
     @cli.command("train")
     @click.option("--trainer-id", default=None, help="Name of this trainer in run events (default: host-random).")
     @click.option("--label-noise", type=click.FloatRange(0.0, 1.0), default=0.0,

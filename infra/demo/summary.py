@@ -17,6 +17,7 @@ from streams.topics import Topics
 
 @dataclass
 class LoopEvents:
+    """Every event of the loop's topics, per topic: lists of (event type, value dict, partition, offset)."""
     predictions: list = field(default_factory=list)
     shadow_predictions: list = field(default_factory=list)
     feedback: list = field(default_factory=list)
@@ -33,6 +34,8 @@ class LoopEvents:
 
     @classmethod
     def read(cls, settings, *, timeout_s: float = 60.0, serde=None) -> "LoopEvents":
+        """Read every topic of :attr:`TOPIC_ATTRS` to its end. Raises TimeoutError when one is not read within
+        ``timeout_s`` seconds."""
         topics = Topics.from_settings(settings)
         out = cls()
         for attr, topic_attr in cls.TOPIC_ATTRS.items():
