@@ -142,7 +142,7 @@ class TrainingPipeline:
     def run(self, trigger: dict) -> RunOutcome:
         """Train, gate and register (or reject) a candidate for ``trigger`` (a TrainingTriggered value);
         a trigger already done is resumed or skipped. Errors of the run end it as TrainingRunFailed (status failed);
-        raises TimeoutError only when the registry topics cannot be read."""
+        raises TimeoutError when the registry topics cannot be read before it starts."""
         started = time.monotonic()
         dep, trigger_id = trigger["deployment"], trigger["trigger_id"]
         registry = ModelRegistry.load(self.settings, serde=self.serde)
