@@ -19,7 +19,6 @@ announce drifts and promotions, stop at the deadline) is decided by the pure pha
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import os
@@ -188,17 +187,6 @@ class DemoResult:
 
 
 # --- processes and threads -------------------------------------------------------------------------
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    """A copy of ``os.environ`` with every Settings field as ``CTLOOP_<FIELD>`` (booleans as
-    ``true``/``false``, others ``str``) and ``PYTHONUNBUFFERED=1`` unless set."""
-    env = dict(os.environ)
-    for f in dataclasses.fields(settings):
-        value = getattr(settings, f.name)
-        env[f"CTLOOP_{f.name.upper()}"] = ("true" if value else "false") if isinstance(value, bool) else str(value)
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    return env
-
 
 class ProcessorsProcess:
     """``python -m processors.worker`` as a subprocess; ``start`` waits for its ready file."""

@@ -9,7 +9,6 @@ exit is then a no-op.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
 import signal
@@ -20,6 +19,7 @@ import uuid
 from pathlib import Path
 from typing import Callable, Iterator
 
+from infra.child_env import settings_environment
 from infra.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,9 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def settings_env(settings: Settings, base: dict | None = None) -> dict[str, str]:
     """Environment with every field of ``settings`` as CTLOOP_<FIELD>."""
     env = dict(os.environ if base is None else base)
-    for f in dataclasses.fields(settings):
-        value = getattr(settings, f.name)
-        env[f"CTLOOP_{f.name.upper()}"] = ("true" if value else "false") if isinstance(value, bool) else str(value)
+    env.update(settings_environment(settings))
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
 
