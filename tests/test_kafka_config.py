@@ -5,6 +5,7 @@ terminator: tests/helpers/tls.py says why)."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import re
 import ssl
 import uuid
@@ -129,8 +130,10 @@ def test_the_processors_faust_app_gets_the_credentials(tmp_path, pki):
             "SASLCredentials", "svc", PASSWORD, "PLAIN")
         assert creds.ssl_context is not None and app.conf.broker_client_id == "loop-b"
         assert [str(u) for u in app.conf.broker] == ["kafka://127.0.0.1:1"]
-    finally:   # its producer would retry 127.0.0.1:1 (and log it) for the rest of the session
-        ctx.producer.close(timeout_s=1)
+    finally:   # its librdkafka producer would retry 127.0.0.1:1 (and log it) for the rest of the session: close
+        ctx.producer.close(timeout_s=1)   # it, and collect the app (a cycle) so that the client is destroyed now
+        del app, ctx
+        gc.collect()
 
 
 # -- validation at the edge ----------------------------------------------------------------------------
