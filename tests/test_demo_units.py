@@ -387,6 +387,7 @@ def test_bench_runner_runs_scripts_in_subprocesses_and_writes_json(tmp_path):
         run_benchmarks(only=["nope"], bench_dir=tmp_path, out_dir=tmp_path / "out")
 
 
+@pytest.mark.slow
 def test_effectiveness_command_prints_the_comparison():
     from click.testing import CliRunner
 

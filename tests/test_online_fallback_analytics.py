@@ -23,6 +23,7 @@ def switch(dep, active, expected):
                      evidence={"window": "200"}, expected_decision=expected)
 
 
+@pytest.mark.slow
 def test_switches_reach_clickhouse_and_the_report_folds_them(settings, clickhouse_url, topics):
     ch = settings.replace(clickhouse_url=clickhouse_url, clickhouse_database=f"t_{uuid.uuid4().hex[:10]}",
                           sink_flush_interval_s=0.2)

@@ -81,6 +81,7 @@ def switches(settings, topics, dep):
             if e.event_type == ev.ONLINE_FALLBACK_SWITCHED and e.value["deployment"] == dep]
 
 
+@pytest.mark.slow
 def test_fallback_engages_serves_the_online_learner_and_a_promotion_retires_it(loop):
     settings, topics = loop
     dep = "fb"
@@ -143,6 +144,7 @@ def log_pairs(client, dep, n, primary):
     client.flush()
 
 
+@pytest.mark.slow
 def test_while_the_fallback_serves_the_shadow_is_judged_against_it_not_the_replaced_champion(loop):
     settings, topics = loop
     dep = "fb2"
@@ -182,6 +184,7 @@ def _examples_folded(port: int, dep: str) -> float:
     return 0.0
 
 
+@pytest.mark.slow
 def test_a_new_owner_rebuilds_the_learner_and_its_window_from_the_recent_log(settings, topics):
     """25 champion-wrong pairs (under the 30 needed) on one worker, 5 more on the next: only a tracker
     rebuilt from the earlier records has the 30 pairs that engage the fallback."""

@@ -6,6 +6,8 @@ then a sliding window); on one partition, a sliding review trigger and an ADWIN-
 exact offsets."""
 from __future__ import annotations
 
+import pytest
+
 import json
 import time
 import urllib.request
@@ -59,6 +61,7 @@ def _manual(settings, dep):
     return json.loads(res.output.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_drift_trigger_waits_for_post_change_labels_starts_at_the_change_and_doubles(settings, topics):
     settings = settings.replace(drift_window_size=100)
     dep = "window-dep"
@@ -155,6 +158,7 @@ def test_drift_trigger_waits_for_post_change_labels_starts_at_the_change_and_dou
         assert _starts(manual["snapshot"]) == _expected_starts(examples[-10:], manual["snapshot"])
 
 
+@pytest.mark.slow
 def test_sliding_review_trigger_and_adwin_decay_trigger_start_at_exact_offsets(settings, topics):
     """Prediction ids all on partition 0, so the order the stage sees is the log order: the sliding window
     of the last 10 of 40 labeled examples starts at the 31st; a champion right 300 times then wrong is cut
