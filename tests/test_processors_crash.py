@@ -36,7 +36,7 @@ def test_sigkill_and_restart_neither_loses_nor_double_counts(settings, topics):
             def done(c):
                 stats = c.of(ev.FEEDBACK_LOOP_STATS, deployment=dep)
                 return stats and stats[-1].value["reviewed"] >= N and stats[-1].value
-            stats = out.wait(done, 90, f"stats with {N} reviewed after the restart")
+            stats = out.wait(done, 180, f"stats with {N} reviewed after the restart")
             out.wait(lambda c: len({e.value["prediction_id"] for e in c.of(ev.LABELED_EXAMPLE)}) >= N, 30, "all examples")
         examples = out.of(ev.LABELED_EXAMPLE)
         per_pid = Counter(e.value["prediction_id"] for e in examples)

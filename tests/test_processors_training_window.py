@@ -6,14 +6,13 @@ then a sliding window); on one partition, a sliding review trigger and an ADWIN-
 exact offsets."""
 from __future__ import annotations
 
-import pytest
-
 import json
 import time
 import urllib.request
 import uuid
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from processors.ownership import partition_for
@@ -25,6 +24,9 @@ from tests.helpers.collect import Collector
 from tests.helpers.processes import running_processors, settings_env
 
 STAGES = ["processors.feedback_join", "processors.drift", "processors.triggers"]
+WAIT_S = 90
+"""Deadline of each wait for the stage (seconds): generous, since two test workers and their stage
+subprocesses share 2 cores in CI; a passing wait ends as soon as its condition holds."""
 
 
 def _gauge(port: int, name: str, dep: str) -> float | None:
@@ -83,7 +85,7 @@ def test_drift_trigger_waits_for_post_change_labels_starts_at_the_change_and_dou
         client.flush()
         detected = out.wait(lambda c: [e for e in c.of(ev.DRIFT_MEASURED, deployment=dep) if e.value["drift_detected"]],
                             60, "drift detected")[0].value
-        out.wait(lambda c: len(c.of(ev.LABELED_EXAMPLE, deployment=dep)) == 300, 30, "the stationary labels")
+        out.wait(lambda c: len(c.of(ev.LABELED_EXAMPLE, deployment=dep)) == 300, WAIT_S, "the stationary labels")
         # the change: after the first detected window's start and the end of the clean window before it (a
         # window is filled from 4 partitions batch by batch, so their time spans overlap)
         measured = [e.value for e in out.of(ev.DRIFT_MEASURED, deployment=dep)]
@@ -97,7 +99,7 @@ def test_drift_trigger_waits_for_post_change_labels_starts_at_the_change_and_dou
                 client.log_feedback(pid, dep, label="x")
             client.flush()
             try:
-                out.wait(lambda c: _gauge(port, "ctloop_training_window_post_change_labels", dep) == expect_post, 30,
+                out.wait(lambda c: _gauge(port, "ctloop_training_window_post_change_labels", dep) == expect_post, WAIT_S,
                          f"{expect_post} post-change labels folded")
             except TimeoutError as exc:
                 raise AssertionError(f"{exc}; post-change labels folded: "
@@ -107,7 +109,7 @@ def test_drift_trigger_waits_for_post_change_labels_starts_at_the_change_and_dou
         label(post[:29], 29)
         assert _triggers(out, dep) == [], "a drift trigger fired before min_post_change_labels post-change labels"
         label(post[29:30], 30)
-        first = out.wait(lambda c: _triggers(c, dep), 30, "the drift trigger")[0]
+        first = out.wait(lambda c: _triggers(c, dep), WAIT_S, "the drift trigger")[0]
         assert first["reason"] == "drift"
         ev_ = first["evidence"]
         assert ev_["training_window"] == "since_change" and int(ev_["post_change_labels"]) == 30
@@ -127,7 +129,7 @@ def test_drift_trigger_waits_for_post_change_labels_starts_at_the_change_and_dou
         label(post[30:59], 59)
         assert len(_triggers(out, dep)) == 1
         label(post[59:60], 60)
-        second = out.wait(lambda c: len(_triggers(c, dep)) >= 2 and _triggers(c, dep)[1], 30, "the doubled trigger")
+        second = out.wait(lambda c: len(_triggers(c, dep)) >= 2 and _triggers(c, dep)[1], WAIT_S, "the doubled trigger")
         assert second["reason"] == "drift" and int(second["evidence"]["post_change_labels"]) == 60
         assert second["idempotency_key"] == f"{dep}|drift|after={first['trigger_id']}"
         post_examples = [e for e in out.of(ev.LABELED_EXAMPLE, deployment=dep)
@@ -136,7 +138,7 @@ def test_drift_trigger_waits_for_post_change_labels_starts_at_the_change_and_dou
 
         # ctloop trigger: the change point the latest trigger named
         manual_id = _manual(settings, dep)["trigger_id"]
-        manual = out.wait(lambda c: [t for t in _triggers(c, dep, "manual") if t["trigger_id"] == manual_id], 30,
+        manual = out.wait(lambda c: [t for t in _triggers(c, dep, "manual") if t["trigger_id"] == manual_id], WAIT_S,
                           "the manual trigger")[0]
         assert manual["evidence"]["training_window"] == "since_change"
         assert int(manual["evidence"]["window_labels"]) == 60
@@ -144,13 +146,13 @@ def test_drift_trigger_waits_for_post_change_labels_starts_at_the_change_and_dou
         # ... all history from 0
         client.setup_training_window(dep, "all")
         manual_id = _manual(settings, dep)["trigger_id"]
-        manual = out.wait(lambda c: [t for t in _triggers(c, dep, "manual") if t["trigger_id"] == manual_id], 30,
+        manual = out.wait(lambda c: [t for t in _triggers(c, dep, "manual") if t["trigger_id"] == manual_id], WAIT_S,
                           "the all-history manual trigger")[0]
         assert manual["evidence"]["training_window"] == "all" and set(_starts(manual["snapshot"]).values()) == {0}
         # ... the last 10 labeled examples (across partitions, in the join's event_time order)
         client.setup_training_window(dep, "sliding", labels=10)
         manual_id = _manual(settings, dep)["trigger_id"]
-        manual = out.wait(lambda c: [t for t in _triggers(c, dep, "manual") if t["trigger_id"] == manual_id], 30,
+        manual = out.wait(lambda c: [t for t in _triggers(c, dep, "manual") if t["trigger_id"] == manual_id], WAIT_S,
                           "the sliding manual trigger")[0]
         examples = sorted(out.of(ev.LABELED_EXAMPLE, deployment=dep),
                           key=lambda e: (e.value["event_time"], e.partition, e.offset))
@@ -179,9 +181,9 @@ def test_sliding_review_trigger_and_adwin_decay_trigger_start_at_exact_offsets(s
             pid = client.log_prediction(slide, {"x": float(i)}, label="a", model_version="1", prediction_id=next(on_p0))
             client.log_feedback(pid, slide, label="a")
         client.flush()
-        trig = out.wait(lambda c: _triggers(c, slide), 30, "the review trigger")[0]
+        trig = out.wait(lambda c: _triggers(c, slide), WAIT_S, "the review trigger")[0]
         examples = out.wait(lambda c: len(c.of(ev.LABELED_EXAMPLE, deployment=slide)) == 40 and
-                            c.of(ev.LABELED_EXAMPLE, deployment=slide), 30, "40 examples")
+                            c.of(ev.LABELED_EXAMPLE, deployment=slide), WAIT_S, "40 examples")
         assert trig["reason"] == "review_threshold" and trig["evidence"]["training_window"] == "sliding"
         assert int(trig["evidence"]["window_labels"]) == 10
         assert trig["snapshot"][0] == {"partition": 0, "start_offset": examples[30].offset,
@@ -197,7 +199,7 @@ def test_sliding_review_trigger_and_adwin_decay_trigger_start_at_exact_offsets(s
             client.log_feedback(pid, decay, label="a" if i < 300 else "b")   # wrong from the 301st on
             if i == 299:
                 client.flush()
-                out.wait(lambda c: _gauge(port, "ctloop_training_window_labels_seen", decay) == 300, 30, "300 folded")
+                out.wait(lambda c: _gauge(port, "ctloop_training_window_labels_seen", decay) == 300, WAIT_S, "300 folded")
         client.flush()
         trig = out.wait(lambda c: _triggers(c, decay), 60, "the decay trigger")[0]
         ev_ = trig["evidence"]
