@@ -419,6 +419,8 @@ def register(app, ctx) -> None:
         with lock:
             if dep in pending:
                 return   # our earlier switch is not read back yet: the fold decides first
+            if fold.active(dep) == switch.active:
+                return   # decided on a state read before our earlier switch was read back: nothing to change
             expected = fold.latest_decision(dep)
         record = switch_record(ctx.serde.catalog, dep, switch, learner=learner or "arf", champion=champion_of(dep),
                                expected_decision=expected)

@@ -55,7 +55,7 @@ def events(settings, topic, dep, types=None):
             if e.value.get("deployment") == dep and (types is None or e.event_type in types)]
 
 
-def wait_event(settings, topic, dep, predicate, what, timeout_s=40):
+def wait_event(settings, topic, dep, predicate, what, timeout_s=90):
     try:
         return wait_for(lambda: next((e for e in events(settings, topic, dep) if predicate(e)), None), timeout_s, what,
                         interval_s=0.2)
