@@ -95,7 +95,10 @@ def test_fallback_engages_serves_the_online_learner_and_a_promotion_retires_it(l
         assert first["expected_decision"] is None and first["decided_by"] == "policy"
         e = first["evidence"]
         assert float(e["learner_accuracy"]) - float(e["champion_accuracy"]) >= 0.05
-        assert float(e["mcnemar_pvalue"]) < 0.05 and int(e["window"]) >= 30
+        if e["rule"] == "collapse":   # the champion collapsed below its registered accuracy on the last pairs
+            assert float(e["champion_collapse_pvalue"]) < float(e["collapse_level"]) and int(e["window"]) >= 30
+        else:
+            assert e["rule"] == "window" and float(e["mcnemar_pvalue"]) < 0.05 and int(e["window"]) >= 30
 
         status = deployment_status(settings, dep)
         fb = status["online_fallback"]
